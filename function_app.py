@@ -1,0 +1,12 @@
+"""Wiring only: one FunctionApp, one blueprint per trigger family. No I/O, no settings read here.
+
+Importing this module must stay cheap (it does not import msgraph-sdk): production imports every
+blueprint at cold start, and the webhook must answer Graph within its budget.
+"""
+import azure.functions as func
+
+from functions import graph_webhook, mail_processor, manage
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for blueprint in (graph_webhook.bp, mail_processor.bp, manage.bp):
+    app.register_functions(blueprint)

@@ -1,0 +1,392 @@
+"""Microsoft Graph through msgraph-sdk and azure-identity: mail and subscription operations.
+
+msgraph-sdk is imported lazily (it takes ~1 s and ~550 modules), so importing function_app never
+pays for it; the webhook does not need Graph at all.
+
+Choices worth knowing:
+- Every request carries `Prefer: IdType="ImmutableId"`: ids survive moves.
+- Reads go through the SDK's request builders and middleware (auth, headers, telemetry) but come
+  back as raw JSON bytes (`send_primitive_async(..., "bytes")`), parsed into our own mail model:
+  the SDK's model parsing costs ~4x the CPU and we need a dict anyway.
+- Kiota's RetryHandler is switched off: it would sleep up to 180 s inside an invocation.  Instead
+  `_call` retries a short Retry-After (<= SHORT_RETRY_AFTER s) itself, and raises TransientError
+  with the wait for a long one, so the processor re-enqueues the job with that delay.
+- One asyncio.Semaphore per (client, mailbox) caps concurrent requests at
+  GRAPH_MAILBOX_CONCURRENCY (Graph allows 4 per app and mailbox across all instances); a 429
+  pauses the whole mailbox for its Retry-After, not just the request that got it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from urllib.parse import urlparse
+
+from ..config import GraphClientConfig, Settings
+from ..domain.errors import MailNotFound, PermanentError, TransientError
+from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
+from ..domain.model import InboxItem, Mailbox, SubscriptionInfo
+
+log = logging.getLogger("inbox.graph")
+T = TypeVar("T")
+
+IMMUTABLE_ID = 'IdType="ImmutableId"'
+SHORT_RETRY_AFTER = 5.0
+MAX_SHORT_RETRIES = 3
+
+
+class CredentialError(TransientError):
+    """The Graph client could not get a token (bad or expired secret, unknown app...)."""
+
+
+class GraphAccessDenied(PermanentError):
+    """Graph answered 403: a missing permission or an application access policy."""
+
+
+def _retry_after(headers: Any) -> float | None:
+    if not headers:
+        return None
+    for key, value in dict(headers).items():
+        if key.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class GraphClients:
+    """Builds one credential and one GraphServiceClient per configured Graph client, lazily."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[str, Any] = {}
+        self._credentials: dict[str, Any] = {}
+
+    def config(self, name: str) -> GraphClientConfig:
+        try:
+            return self._settings.graph_clients[name]
+        except KeyError:
+            raise PermanentError(f"Graph client {name!r} is not configured in GRAPH_CLIENTS") from None
+
+    def credential(self, name: str) -> Any:
+        if name in self._credentials:
+            return self._credentials[name]
+        cfg = self.config(name)
+        s = self._settings
+        kwargs: dict[str, Any] = {"authority": s.graph_authority_host}
+        if not s.authority_is_microsoft:
+            # MSAL would otherwise ask Microsoft's login host for instance metadata.
+            kwargs["disable_instance_discovery"] = True
+        if s.ca_bundle:
+            kwargs["connection_verify"] = s.ca_bundle
+        from azure.identity import aio as identity
+        if cfg.credential == "secret":
+            secret = s.secret(cfg.secret_setting)
+            if not secret:
+                raise PermanentError(f"Graph client {name!r} uses a client secret but {cfg.secret_setting} is not set")
+            cred = identity.ClientSecretCredential(cfg.tenant_id, cfg.client_id, secret, **kwargs)
+        elif cfg.credential == "certificate":
+            pem = s.secret(cfg.certificate_setting)
+            if not pem:
+                raise PermanentError(f"Graph client {name!r} uses a certificate but {cfg.certificate_setting} "
+                                     "is not set")
+            data = Path(pem).read_bytes() if not pem.lstrip().startswith("-----") else pem.encode()
+            cred = identity.CertificateCredential(cfg.tenant_id, cfg.client_id, certificate_data=data, **kwargs)
+        elif cfg.credential == "managed_identity":
+            # The Function App's managed identity is a federated credential on the app registration:
+            # its token for api://AzureADTokenExchange is the client assertion. No secret anywhere.
+            from azure.identity import ManagedIdentityCredential
+            mi = ManagedIdentityCredential(client_id=cfg.managed_identity_client_id or None)
+
+            def assertion() -> str:
+                return mi.get_token("api://AzureADTokenExchange/.default").token
+            cred = identity.ClientAssertionCredential(cfg.tenant_id, cfg.client_id, assertion, **kwargs)
+        else:  # federated_file: a workload-identity token file (Kubernetes, tests)
+            path = Path(cfg.federated_token_file)
+
+            def assertion() -> str:
+                try:
+                    return path.read_text().strip()
+                except OSError as exc:
+                    raise PermanentError(f"federated token file for {name!r} unreadable: {exc.strerror}") from None
+            cred = identity.ClientAssertionCredential(cfg.tenant_id, cfg.client_id, assertion, **kwargs)
+        self._credentials[name] = cred
+        return cred
+
+    def client(self, name: str) -> Any:
+        if name in self._clients:
+            return self._clients[name]
+        from kiota_authentication_azure.azure_identity_authentication_provider import (
+            AzureIdentityAuthenticationProvider,
+        )
+        from kiota_http.middleware.options import RetryHandlerOption
+        from msgraph import GraphRequestAdapter, GraphServiceClient
+        from msgraph_core import GraphClientFactory
+
+        base = urlparse(self._settings.graph_base_url)
+        scope = f"{base.scheme}://{base.netloc}/.default"
+        if base.hostname in ("127.0.0.1", "localhost"):
+            scope = "https://graph.microsoft.com/.default"
+        # allowed_hosts must name the Graph host actually used, or kiota silently sends no token.
+        auth = AzureIdentityAuthenticationProvider(self.credential(name), scopes=[scope],
+                                                   allowed_hosts=[base.hostname or ""])
+        http = GraphClientFactory.create_with_default_middleware(
+            options={RetryHandlerOption.get_key(): RetryHandlerOption(delay=0, max_retries=0, should_retry=False)})
+        adapter = GraphRequestAdapter(auth, client=http)
+        adapter.base_url = self._settings.graph_base_url
+        client = GraphServiceClient(request_adapter=adapter)
+        self._clients[name] = client
+        return client
+
+    async def close(self) -> None:
+        for cred in self._credentials.values():
+            try:
+                await cred.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._clients.clear()
+        self._credentials.clear()
+
+
+class GraphAdapter:
+    """Implements MailGateway and SubscriptionGateway (shared/ports.py)."""
+
+    def __init__(self, clients: GraphClients, concurrency: int = 4, custom_select: tuple[str, ...] = (),
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._clients = clients
+        self._concurrency = concurrency
+        self._custom_select = custom_select
+        self._sleep = sleep
+        self._limits: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._paused_until: dict[tuple[str, str], float] = {}
+        self._inbox_ids: dict[tuple[str, str], str] = {}
+        self.stats = {"requests": 0, "throttled": 0, "retries": 0}
+
+    # plumbing --------------------------------------------------------------------------------
+    def _cfg(self, query: Any = None, headers: dict[str, str] | None = None) -> Any:
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        cfg = RequestConfiguration(query_parameters=query)
+        cfg.headers.add("Prefer", IMMUTABLE_ID)
+        for k, v in (headers or {}).items():
+            cfg.headers.add(k, v)
+        return cfg
+
+    async def _call(self, client: str, mailbox: str, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run one Graph request under the mailbox's limiter, retrying short waits, mapping errors."""
+        from kiota_abstractions.api_error import APIError
+        import httpx
+        from azure.core.exceptions import ClientAuthenticationError
+
+        key = (client, mailbox.lower())
+        sem = self._limits.setdefault(key, asyncio.Semaphore(self._concurrency))
+        attempt = 0
+        while True:
+            pause = self._paused_until.get(key, 0.0) - time.monotonic()
+            if pause > 0:
+                if pause > SHORT_RETRY_AFTER:
+                    raise TransientError(f"Graph throttled mailbox during {what}", retry_after=pause)
+                await self._sleep(pause)
+            wait: float | None = None
+            async with sem:
+                self.stats["requests"] += 1
+                try:
+                    return await op()
+                except APIError as exc:
+                    status = exc.response_status_code or 0
+                    message = (exc.primary_message or "")[:300]
+                    if status == 404:
+                        raise MailNotFound(f"Graph 404 during {what}") from None
+                    if status in (429, 503, 504) or status >= 500:
+                        wait = _retry_after(exc.response_headers)
+                        if status == 429:
+                            self.stats["throttled"] += 1
+                            self._paused_until[key] = time.monotonic() + (wait or 1.0)
+                        transient = TransientError(f"Graph {status} during {what}", retry_after=wait)
+                    elif status in (401, 403):
+                        raise GraphAccessDenied(f"Graph {status} during {what}: {message}") from None
+                    else:
+                        raise PermanentError(f"Graph {status} during {what}: {message}") from None
+                except ClientAuthenticationError as exc:
+                    text = str(exc.message or exc)
+                    code = text[text.find("AADSTS"):][:14] if "AADSTS" in text else "token request failed"
+                    raise CredentialError(f"Graph client {client!r} could not get a token: {code}") from None
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    transient = TransientError(f"Graph unreachable during {what}: {type(exc).__name__}")
+            # out of the semaphore while waiting
+            attempt += 1
+            delay = wait if wait is not None else min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random())
+            if attempt > MAX_SHORT_RETRIES or delay > SHORT_RETRY_AFTER:
+                raise transient
+            self.stats["retries"] += 1
+            await self._sleep(delay)
+
+    async def _get_json(self, client: str, mailbox: str, request_info: Any, what: str) -> dict[str, Any]:
+        adapter = self._clients.client(client).request_adapter
+
+        async def op() -> dict[str, Any]:
+            raw = await adapter.send_primitive_async(request_info, "bytes", None)
+            return json.loads(raw or b"{}")
+        return await self._call(client, mailbox, op, what)
+
+    def _user(self, mailbox: Mailbox) -> Any:
+        return self._clients.client(mailbox.client).users.by_user_id(mailbox.graph_user)
+
+    # MailGateway -----------------------------------------------------------------------------
+    async def get_message(self, mailbox: Mailbox, message_id: str) -> InboundMail:
+        from msgraph.generated.users.item.messages.item.message_item_request_builder import (
+            MessageItemRequestBuilder,
+        )
+        select = list(MESSAGE_SELECT) + [s for s in self._custom_select if s not in MESSAGE_SELECT]
+        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(
+            select=select, expand=[f"attachments($select={','.join(ATTACHMENT_SELECT)})"])
+        info = self._user(mailbox).messages.by_message_id(message_id).to_get_request_information(self._cfg(query))
+        doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "message get")
+        return InboundMail.from_graph(mailbox.id, doc, self._custom_select)
+
+    async def inbox_folder_id(self, mailbox: Mailbox) -> str:
+        key = (mailbox.client, mailbox.id)
+        if key not in self._inbox_ids:
+            from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+                MailFolderItemRequestBuilder,
+            )
+            query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
+            info = self._user(mailbox).mail_folders.by_mail_folder_id("inbox").to_get_request_information(
+                self._cfg(query))
+            doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "inbox folder get")
+            self._inbox_ids[key] = str(doc.get("id", ""))
+        return self._inbox_ids[key]
+
+    async def get_attachment(self, mailbox: Mailbox, message_id: str, attachment_id: str) -> bytes:
+        builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+
+        async def op() -> bytes:
+            return await builder.content.get(request_configuration=self._cfg()) or b""
+        return await self._call(mailbox.client, mailbox.graph_user, op, "attachment get")
+
+    async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+
+        async def op() -> None:
+            await builder.delete(request_configuration=self._cfg())
+        await self._call(mailbox.client, mailbox.graph_user, op, "message delete")
+
+    async def move_message(self, mailbox: Mailbox, message_id: str, folder: str) -> None:
+        from msgraph.generated.users.item.messages.item.move.move_post_request_body import MovePostRequestBody
+        builder = self._user(mailbox).messages.by_message_id(message_id).move
+
+        async def op() -> None:
+            await builder.post(MovePostRequestBody(destination_id=folder), request_configuration=self._cfg())
+        await self._call(mailbox.client, mailbox.graph_user, op, "message move")
+
+    async def set_categories(self, mailbox: Mailbox, message_id: str, categories: list[str]) -> None:
+        from msgraph.generated.models.message import Message
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+
+        async def op() -> None:
+            await builder.patch(Message(categories=categories), request_configuration=self._cfg())
+        await self._call(mailbox.client, mailbox.graph_user, op, "message categorize")
+
+    async def list_folder(self, mailbox: Mailbox, folder: str = "inbox", received_after: datetime | None = None,
+                          received_before: datetime | None = None,
+                          page_size: int = 100) -> AsyncIterator[InboxItem]:
+        from msgraph.generated.users.item.mail_folders.item.messages.messages_request_builder import (
+            MessagesRequestBuilder,
+        )
+        filters = []
+        if received_after:
+            filters.append(f"receivedDateTime ge {_iso(received_after)}")
+        if received_before:
+            filters.append(f"receivedDateTime lt {_iso(received_before)}")
+        query = MessagesRequestBuilder.MessagesRequestBuilderGetQueryParameters(
+            select=["id", "receivedDateTime", "from", "subject", "categories"], top=page_size,
+            orderby=["receivedDateTime asc"], filter=" and ".join(filters) or None)
+        builder = self._user(mailbox).mail_folders.by_mail_folder_id(folder).messages
+        info = builder.to_get_request_information(self._cfg(query))
+        while True:
+            doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "folder list")
+            for m in doc.get("value") or ():
+                sender = ((m.get("from") or {}).get("emailAddress") or {}).get("address", "")
+                yield InboxItem(message_id=m["id"], received_at=parse_graph_time(m.get("receivedDateTime")),
+                                sender=sender, subject=m.get("subject") or "",
+                                categories=tuple(m.get("categories") or ()))
+            next_link = doc.get("@odata.nextLink")
+            if not next_link:
+                return
+            info = builder.with_url(next_link).to_get_request_information(self._cfg())
+
+    # SubscriptionGateway ---------------------------------------------------------------------
+    @staticmethod
+    def _sub_info(sub: Any) -> SubscriptionInfo:
+        exp = sub.expiration_date_time or datetime.now(timezone.utc)
+        return SubscriptionInfo(id=sub.id or "", resource=sub.resource or "", expiration=exp,
+                                client_state=sub.client_state or "", notification_url=sub.notification_url or "")
+
+    async def create(self, client: str, resource: str, notification_url: str, lifecycle_url: str,
+                     client_state: str, expiration: datetime) -> SubscriptionInfo:
+        from msgraph.generated.models.subscription import Subscription
+        body = Subscription(change_type="created", notification_url=notification_url,
+                            lifecycle_notification_url=lifecycle_url or None, resource=resource,
+                            expiration_date_time=expiration, client_state=client_state,
+                            latest_supported_tls_version="v1_2")
+        subs = self._clients.client(client).subscriptions
+
+        async def op() -> Any:
+            return await subs.post(body, request_configuration=self._cfg())
+        return self._sub_info(await self._call(client, "_subscriptions", op, "subscription create"))
+
+    async def renew(self, client: str, subscription_id: str, expiration: datetime) -> SubscriptionInfo:
+        from msgraph.generated.models.subscription import Subscription
+        builder = self._clients.client(client).subscriptions.by_subscription_id(subscription_id)
+
+        async def op() -> Any:
+            return await builder.patch(Subscription(expiration_date_time=expiration),
+                                       request_configuration=self._cfg())
+        return self._sub_info(await self._call(client, "_subscriptions", op, "subscription renew"))
+
+    async def delete(self, client: str, subscription_id: str) -> None:
+        builder = self._clients.client(client).subscriptions.by_subscription_id(subscription_id)
+
+        async def op() -> None:
+            await builder.delete(request_configuration=self._cfg())
+        try:
+            await self._call(client, "_subscriptions", op, "subscription delete")
+        except MailNotFound:
+            pass  # already gone
+
+    async def get(self, client: str, subscription_id: str) -> SubscriptionInfo | None:
+        builder = self._clients.client(client).subscriptions.by_subscription_id(subscription_id)
+
+        async def op() -> Any:
+            return await builder.get(request_configuration=self._cfg())
+        try:
+            return self._sub_info(await self._call(client, "_subscriptions", op, "subscription get"))
+        except MailNotFound:
+            return None
+
+    async def list(self, client: str) -> list[SubscriptionInfo]:
+        subs = self._clients.client(client).subscriptions
+
+        async def op() -> Any:
+            return await subs.get(request_configuration=self._cfg())
+        page = await self._call(client, "_subscriptions", op, "subscription list")
+        return [self._sub_info(s) for s in (page.value or [])] if page else []
+
+    async def resolve_user(self, client: str, address: str) -> str | None:
+        from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id"])
+        info = self._clients.client(client).users.by_user_id(address).to_get_request_information(self._cfg(query))
+        try:
+            doc = await self._get_json(client, address, info, "user lookup")
+        except GraphAccessDenied:
+            return None
+        return str(doc.get("id") or "") or None
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

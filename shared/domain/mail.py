@@ -1,0 +1,158 @@
+"""The mail model: what one fetched Graph message means to the pipeline. Pure: performs no I/O.
+
+`InboundMail.from_graph()` builds it from Graph's message JSON (the same shape msgraph-sdk
+parses), so adapters that fetch through msgraph-sdk or plain HTTP share one mapping.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+# The $select every fetch uses; internetMessageHeaders only come back when selected.
+MESSAGE_SELECT = (
+    "id", "subject", "from", "sender", "toRecipients", "ccRecipients", "replyTo", "receivedDateTime",
+    "sentDateTime", "internetMessageId", "conversationId", "parentFolderId", "body", "hasAttachments",
+    "internetMessageHeaders", "categories",
+)
+ATTACHMENT_SELECT = ("id", "name", "contentType", "size", "isInline")
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    name: str = ""
+
+    @property
+    def normalized(self) -> str:
+        return self.address.strip().lower()
+
+    @property
+    def domain(self) -> str:
+        return self.normalized.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class AttachmentMeta:
+    id: str
+    name: str
+    content_type: str
+    size: int
+    is_inline: bool = False
+    content_id: str = ""
+    kind: str = "file"  # file | item | reference
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    mailbox_id: str
+    message_id: str
+    internet_message_id: str
+    sender: Address
+    subject: str
+    received_at: datetime
+    body_content_type: str  # html | text
+    body: str
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[AttachmentMeta, ...] = ()
+    parent_folder_id: str = ""
+    conversation_id: str = ""
+    categories: tuple[str, ...] = ()
+    custom: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    @property
+    def in_reply_to(self) -> tuple[str, ...]:
+        return tuple(_MSGID.findall(self.header("In-Reply-To") or ""))
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return tuple(_MSGID.findall(self.header("References") or ""))
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.sender.normalized, self.subject, self.received_at.isoformat(), self.body):
+            h.update(part.encode("utf-8", "replace"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    def idempotency_key(self) -> str:
+        """Key of every CRM write for this mail, the same in every mailbox that received it.
+
+        The internetMessageId together with the sender, so a reused or forged Message-ID cannot
+        swallow someone else's mail; a content hash when there is no Message-ID.
+        """
+        mid = self.internet_message_id.strip().strip("<>").lower()
+        basis = f"mid|{mid}|{self.sender.normalized}" if mid else f"hash|{self.content_hash()}"
+        return hashlib.sha256(basis.encode()).hexdigest()[:40]
+
+    @classmethod
+    def from_graph(cls, mailbox_id: str, doc: dict[str, Any], custom_select: tuple[str, ...] = ()) -> "InboundMail":
+        body = doc.get("body") or {}
+        sender = _address((doc.get("from") or doc.get("sender") or {}).get("emailAddress"))
+        atts = tuple(
+            AttachmentMeta(
+                id=str(a.get("id", "")), name=str(a.get("name") or "attachment"),
+                content_type=str(a.get("contentType") or "application/octet-stream"),
+                size=int(a.get("size") or 0), is_inline=bool(a.get("isInline")),
+                content_id=str(a.get("contentId") or "").strip("<>"),
+                kind=_attachment_kind(str(a.get("@odata.type", ""))),
+            )
+            for a in doc.get("attachments") or ()
+        )
+        return cls(
+            mailbox_id=mailbox_id,
+            message_id=str(doc.get("id", "")),
+            internet_message_id=str(doc.get("internetMessageId") or ""),
+            sender=sender,
+            subject=str(doc.get("subject") or ""),
+            received_at=parse_graph_time(doc.get("receivedDateTime")),
+            body_content_type=str(body.get("contentType") or "text").lower(),
+            body=str(body.get("content") or ""),
+            to=tuple(_address(r.get("emailAddress")) for r in doc.get("toRecipients") or ()),
+            cc=tuple(_address(r.get("emailAddress")) for r in doc.get("ccRecipients") or ()),
+            reply_to=tuple(_address(r.get("emailAddress")) for r in doc.get("replyTo") or ()),
+            headers=tuple((str(h.get("name", "")), str(h.get("value", "")))
+                          for h in doc.get("internetMessageHeaders") or ()),
+            attachments=atts,
+            parent_folder_id=str(doc.get("parentFolderId") or ""),
+            conversation_id=str(doc.get("conversationId") or ""),
+            categories=tuple(doc.get("categories") or ()),
+            custom={k: doc.get(k) for k in custom_select if k in doc},
+        )
+
+
+_MSGID = re.compile(r"<[^<>\s]+>")
+
+
+def _address(data: Any) -> Address:
+    data = data or {}
+    return Address(address=str(data.get("address") or ""), name=str(data.get("name") or ""))
+
+
+def _attachment_kind(odata_type: str) -> str:
+    t = odata_type.lower()
+    return "item" if "itemattachment" in t else "reference" if "referenceattachment" in t else "file"
+
+
+def parse_graph_time(value: Any) -> datetime:
+    if not value:
+        return datetime.now(timezone.utc)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    text = str(value).replace("Z", "+00:00")
+    # Graph may send 7 fractional digits; Python 3.11 accepts up to 6.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

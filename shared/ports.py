@@ -1,0 +1,88 @@
+"""The ports: what the services need from the outside world, as Protocols.
+
+Adapters in shared/adapters implement them against Graph (msgraph-sdk), Azure Storage and the
+CRMs; tests/fakes.py implements them in memory.  Every method is async: the Graph SDK is, and
+one event loop per worker serves all invocations.  Performs no I/O.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import AsyncIterator, Protocol
+
+from .domain.envelope import Job
+from .domain.mail import InboundMail
+from .domain.model import (
+    DocumentDraft, HistoryDraft, InboxItem, LedgerEntry, Mailbox, SubscriptionInfo, TicketDraft, TicketRef,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class JobQueue(Protocol):
+    async def send(self, queue: str, job: Job, visibility_timeout: int = 0) -> None:
+        """Put one envelope on a queue (base64 as the Functions host expects). Raises on failure."""
+
+
+class MailGateway(Protocol):
+    """Graph mail operations on one monitored mailbox. Errors: MailNotFound, TransientError,
+    PermanentError (from shared.domain.errors)."""
+
+    async def get_message(self, mailbox: Mailbox, message_id: str) -> InboundMail: ...
+    async def inbox_folder_id(self, mailbox: Mailbox) -> str: ...
+    async def get_attachment(self, mailbox: Mailbox, message_id: str, attachment_id: str) -> bytes: ...
+    async def delete_message(self, mailbox: Mailbox, message_id: str) -> None: ...
+    async def move_message(self, mailbox: Mailbox, message_id: str, folder: str) -> None: ...
+    async def set_categories(self, mailbox: Mailbox, message_id: str, categories: list[str]) -> None: ...
+    def list_folder(self, mailbox: Mailbox, folder: str = "inbox", received_after: datetime | None = None,
+                    received_before: datetime | None = None, page_size: int = 100) -> AsyncIterator[InboxItem]:
+        """Oldest first."""
+        ...
+
+
+class SubscriptionGateway(Protocol):
+    async def create(self, client: str, resource: str, notification_url: str, lifecycle_url: str,
+                     client_state: str, expiration: datetime) -> SubscriptionInfo: ...
+    async def renew(self, client: str, subscription_id: str, expiration: datetime) -> SubscriptionInfo: ...
+    async def delete(self, client: str, subscription_id: str) -> None: ...
+    async def get(self, client: str, subscription_id: str) -> SubscriptionInfo | None: ...
+    async def list(self, client: str) -> list[SubscriptionInfo]: ...
+    async def resolve_user(self, client: str, address: str) -> str | None:
+        """The user's object id, or None when the app may not read users."""
+
+
+class MailboxRegistry(Protocol):
+    async def get(self, mailbox_id: str) -> Mailbox | None: ...
+    async def list(self) -> list[Mailbox]: ...
+    async def save(self, mailbox: Mailbox) -> Mailbox: ...
+    async def delete(self, mailbox_id: str) -> None: ...
+
+
+class Ledger(Protocol):
+    async def claim(self, mailbox_id: str, message_id: str, owner: str, lease_seconds: int,
+                    correlation_id: str, source: str) -> LedgerEntry:
+        """Create the row or take it over. Returns finished rows as they are (the caller stops);
+        raises LeaseHeld while another worker's lease is live."""
+
+    async def save(self, entry: LedgerEntry) -> LedgerEntry:
+        """ETag-guarded write; raises LeaseHeld when someone else wrote in between."""
+
+    async def get(self, mailbox_id: str, message_id: str) -> LedgerEntry | None: ...
+    async def list_status(self, status: str, mailbox_id: str | None = None,
+                          since: datetime | None = None) -> list[LedgerEntry]: ...
+
+
+class CrmGateway(Protocol):
+    """A CRM that holds persons, companies, helpdesk tickets, history notes and documents.
+
+    Every create takes an idempotency key derived from the mail: calling it again with the same
+    key returns what the first call created instead of creating a second object."""
+
+    async def find_or_create_person(self, address: str, name: str) -> str: ...
+    async def reserve_ticket_number(self) -> str:
+        """A fresh ticket number, or '' when the CRM numbers tickets itself."""
+    async def create_ticket(self, draft: TicketDraft, key: str) -> TicketRef: ...
+    async def add_history(self, draft: HistoryDraft, key: str) -> str: ...
+    async def add_document(self, draft: DocumentDraft, data: bytes, key: str) -> str: ...
+    async def get_ticket(self, number: str) -> TicketRef | None: ...

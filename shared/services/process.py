@@ -82,8 +82,8 @@ class MessageProcessor:
             entry = await d.ledger.claim(mailbox.id, job.message_id, d.worker_id, LEASE_SECONDS,
                                          job.correlation_id, job.source)
         except LeaseHeld as exc:
-            # Another worker is on it. Let the queue redeliver later; by then it is finished or expired.
-            raise TransientError(f"busy: {exc}", retry_after=exc.retry_after) from None
+            # Another worker is on it: come back when its lease ends (finished or expired by then).
+            return await self._requeue_or_raise(job, TransientError(f"busy: {exc}", retry_after=exc.retry_after))
         if entry.finished:
             log.info("process.already-finished correlation=%s message=%s status=%s", job.correlation_id,
                      job.message_id, entry.status)
@@ -94,6 +94,10 @@ class MessageProcessor:
             return await self._transient(job, entry, exc)
         except PermanentError as exc:
             return await self._finish(entry, FAILED, f"{type(exc).__name__}: {exc}", job)
+        except Exception as exc:
+            # A bug or an unexpected library error: release the lease so the retry is not blocked.
+            await self._release(job, entry, f"{type(exc).__name__}: {str(exc)[:300]}")
+            raise
 
     # the pipeline ----------------------------------------------------------------------------
     async def _steps(self, job: MessageJob, mailbox: Mailbox, entry: LedgerEntry) -> Outcome:
@@ -145,10 +149,17 @@ class MessageProcessor:
                 values=dict(mailbox.routing.get("values", {})) if isinstance(mailbox.routing, dict) else {},
                 message_ids=tuple(filter(None, [mail.internet_message_id]))), key)
         assert ticket is not None
+        if not is_new and mail.internet_message_id:
+            await d.crm.add_message_ids(ticket.id, [mail.internet_message_id])
         await d.crm.add_history(HistoryDraft(
             ticket_id=ticket.id, person_id=person_id, note=policy.note_from_mail(mail, d.note_format),
             date=mail.received_at, message_ids=tuple(filter(None, [mail.internet_message_id]))), key)
-        entry.data.update(person_id=person_id, ticket_id=ticket.id, ticket_number=ticket.number, new_ticket=is_new)
+        reply_to = mail.reply_to[0] if mail.reply_to and mail.reply_to[0].address else mail.sender
+        entry.data.update(person_id=person_id, ticket_id=ticket.id, ticket_number=ticket.number, new_ticket=is_new,
+                          title=ticket.title or policy.ticket_title(mail.subject)[0],
+                          reply_address=reply_to.normalized, reply_name=reply_to.name or mail.sender.name,
+                          internet_message_id=mail.internet_message_id,
+                          received_at=mail.received_at.isoformat())
         entry.data["autoreply"] = bool(
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)
@@ -163,9 +174,8 @@ class MessageProcessor:
         (honoured only when the sender is the ticket's person)."""
         crm = self.d.crm
         refs = list(mail.in_reply_to) + list(mail.references)
-        finder = getattr(crm, "find_ticket_by_message_ids", None)
-        if refs and finder is not None:
-            found = await finder(refs)
+        if refs:
+            found = await crm.find_ticket_by_message_ids(refs)
             if found:
                 return found
         tag = policy.ticket_tag(mail.subject)
@@ -206,25 +216,33 @@ class MessageProcessor:
                  reason or "-")
         return Outcome(status, reason, entry.data.get("ticket_number", ""), entry.data)
 
-    async def _transient(self, job: MessageJob, entry: LedgerEntry, exc: TransientError) -> Outcome:
-        """Short waits were already retried by the adapter. Release the lease and record the error;
-        a long Retry-After re-enqueues the job with that delay instead of holding a worker."""
+    async def _release(self, job: MessageJob, entry: LedgerEntry, error: str) -> None:
         d = self.d
-        entry.last_error = f"{type(exc).__name__}: {exc}"
+        entry.last_error = error
         entry.lease_owner, entry.lease_until = "", None
-        _trace(entry, d.clock, "transient-error", error=entry.last_error)
+        _trace(entry, d.clock, "error", error=error)
         try:
             await d.ledger.save(entry)
         except Exception:  # noqa: BLE001 - the ledger may be what is failing; the queue still retries
             log.warning("process.ledger-unavailable correlation=%s message=%s", job.correlation_id, job.message_id)
+
+    async def _transient(self, job: MessageJob, entry: LedgerEntry, exc: TransientError) -> Outcome:
+        """Short waits were already retried by the adapter. Release the lease, record the error."""
+        await self._release(job, entry, f"{type(exc).__name__}: {exc}")
+        return await self._requeue_or_raise(job, exc)
+
+    async def _requeue_or_raise(self, job: MessageJob, exc: TransientError) -> Outcome:
+        """A long Retry-After re-enqueues the job with that delay instead of holding a worker or
+        burning the queue's dequeue budget; otherwise raise so the queue retries (and poisons)."""
         wait = exc.retry_after or 0
         if wait > MAX_WAIT_IN_INVOCATION and job.attempt < MAX_REQUEUES:
-            await d.queue.send(QUEUE_MESSAGES, with_attempt(job, job.attempt + 1), visibility_timeout=int(wait) + 1)
+            delay = int(wait) + 1
+            await self.d.queue.send(QUEUE_MESSAGES, with_attempt(job, job.attempt + 1), visibility_timeout=delay)
             log.info("process.requeued correlation=%s message=%s delay=%ss attempt=%s", job.correlation_id,
-                     job.message_id, int(wait) + 1, job.attempt + 1)
-            return Outcome("requeued", entry.last_error)
+                     job.message_id, delay, job.attempt + 1)
+            return Outcome("requeued", str(exc))
         log.warning("process.transient correlation=%s message=%s error=%s", job.correlation_id, job.message_id,
-                    entry.last_error)
+                    f"{type(exc).__name__}: {exc}")
         raise exc
 
 

@@ -1,0 +1,1 @@
+"""Parts of the dev host (tools/devhost.py)."""

@@ -263,10 +263,16 @@ class GraphAdapter:
         return self._inbox_ids[key]
 
     async def get_attachment(self, mailbox: Mailbox, message_id: str, attachment_id: str) -> bytes:
+        # msgraph-sdk 1.65 has no request builder for an attachment's $value: build the request
+        # from the attachment item's, so auth, headers and middleware stay the SDK's.
         builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        info = builder.to_get_request_information(self._cfg())
+        info.url = f"{info.url}/$value"
+        info.headers.try_add("Accept", "application/octet-stream")
+        adapter = self._clients.client(mailbox.client).request_adapter
 
         async def op() -> bytes:
-            return await builder.content.get(request_configuration=self._cfg()) or b""
+            return await adapter.send_primitive_async(info, "bytes", None) or b""
         return await self._call(mailbox.client, mailbox.graph_user, op, "attachment get")
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:

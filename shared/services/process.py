@@ -79,7 +79,9 @@ class MessageProcessor:
             log.warning("process.unknown-mailbox correlation=%s message=%s", job.correlation_id, job.message_id)
             return Outcome("unknown-mailbox", "no such mailbox is registered")
         try:
-            entry = await d.ledger.claim(mailbox.id, job.message_id, d.worker_id, LEASE_SECONDS,
+            # The lease owner is this invocation, not this worker: one worker runs many at once.
+            entry = await d.ledger.claim(mailbox.id, job.message_id, f"{d.worker_id}-{uuid.uuid4().hex[:8]}",
+                                         LEASE_SECONDS,
                                          job.correlation_id, job.source)
         except LeaseHeld as exc:
             # Another worker is on it: come back when its lease ends (finished or expired by then).

@@ -91,6 +91,9 @@ def main() -> int:
                 print(f"  [{t['number']}] {t['title']}  (status {t['status']}, person {t.get('person_id', '')})")
             follow_up = next(((f"Re: {t['title']} [{t['number']}]", "anna@customer.example") for t in new
                               if t["title"] == "Printer broken"), follow_up)
+            drain = time.monotonic() + 10
+            while graph.messages(MAILBOX, "Inbox") and time.monotonic() < drain:
+                time.sleep(0.2)  # the mailbox action follows the CRM step
             print(f"Inbox of {MAILBOX} now holds {len(graph.messages(MAILBOX, 'Inbox'))} mail(s).")
         print("\nDeliver more mail:\n"
               f"  curl -X POST {graph.url}/_sim/deliver -H 'Content-Type: application/json' \\\n"

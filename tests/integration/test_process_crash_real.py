@@ -1,0 +1,74 @@
+"""The processor on real parts: Azurite (ledger, embedded CRM), the Graph simulator through
+msgraph-sdk and azure-identity. The worker dies after each side-effecting call in turn; the queue
+redelivers; every time the result is one ticket, one history note, the mail actioned."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from shared.adapters.crm_table import TableCrm
+from shared.adapters.graph import GraphAdapter, GraphClients
+from shared.adapters.ledger_table import TableLedger
+from shared.adapters.storage_clients import StorageAccount
+from shared.config import Settings
+from shared.domain.envelope import MessageJob
+from shared.domain.model import PROCESSED, Mailbox
+from shared.services.process import LEASE_SECONDS, MessageProcessor, ProcessDeps
+from tests.fakes import FakeClock, FakeQueue, FakeRegistry
+from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings, make_mime
+from tests.unit.test_process_service import Crash, CrashAfter
+from tools.sim.graph import GraphSim
+
+
+@pytest.fixture(scope="module")
+def graph():
+    sim = GraphSim().start()
+    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
+    yield sim
+    sim.stop()
+
+
+async def run_with_crash(azurite_connection, graph, crash_at: int):
+    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
+    user = graph.add_mailbox(address, tenant_id=TENANT)
+    settings = Settings.from_env(app_settings(azurite_connection, graph, "http://127.0.0.1:1"))
+    account = StorageAccount(azurite_connection, {})
+    prefix = "crm" + uuid.uuid4().hex[:8]
+    crm = TableCrm(account, prefix=prefix, container=prefix)
+    ledger_name = "ledger" + uuid.uuid4().hex[:8]
+    await account.ensure_tables(ledger_name)
+    await crm.ensure()
+    clock = FakeClock()
+    ledger = TableLedger(account, clock, table=ledger_name)
+    graph_adapter = GraphAdapter(GraphClients(settings))
+    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
+    mid = graph.deliver(address, make_mime(to=address, subject="Crash test"))
+    counter = {"n": 0, "crash_at": crash_at}
+    deps = ProcessDeps(registry=FakeRegistry(box), ledger=CrashAfter(ledger, counter, {"save", "claim"}),
+                       mail=CrashAfter(graph_adapter, counter, {"get_message", "delete_message"}),
+                       crm=CrashAfter(crm, counter, {"find_or_create_person", "reserve_ticket_number",
+                                                     "create_ticket", "add_history"}),
+                       queue=FakeQueue(), clock=clock)
+    job = MessageJob(mailbox_id=box.id, message_id=mid, tenant_id=TENANT)
+    try:
+        await MessageProcessor(deps).run(job)
+    except Crash:
+        pass
+    clock.advance(LEASE_SECONDS + 1)
+    counter["crash_at"] = 0
+    outcome = await MessageProcessor(deps).run(job)
+    tickets = await crm.list_tickets()
+    detail = await crm.ticket_detail(tickets[0]["number"]) if tickets else None
+    await account.close()
+    await graph_adapter._clients.close()
+    return outcome, tickets, detail, graph.messages(address, "Inbox"), counter["n"]
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+async def test_crash_between_steps_on_real_parts(azurite_connection, graph, crash_at):
+    outcome, tickets, detail, inbox, _ = await run_with_crash(azurite_connection, graph, crash_at)
+    assert outcome.status == PROCESSED, outcome
+    assert len(tickets) == 1 and len(detail["history"]) == 1
+    assert inbox == []

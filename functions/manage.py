@@ -2,35 +2,16 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 import azure.functions as func
 
 from functions.http_util import error, json_body, json_response
 from shared.bootstrap import services
 from shared.domain.errors import PermanentError, TransientError
-from shared.services.mailboxes import ValidationError, mailbox_from_request
-from shared.services.views import mailbox_view
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.manage")
-
-
-@bp.route(route="manage/mailboxes", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
-async def manage_mailboxes(req: func.HttpRequest) -> func.HttpResponse:
-    svc = await services().ready()
-    if req.method == "GET":
-        subs = {s.mailbox_id: s for s in await svc.subscriptions.list()}
-        return json_response({"mailboxes": [mailbox_view(m, subs.get(m.id)) for m in await svc.registry.list()]})
-    try:
-        mailbox = mailbox_from_request(json_body(req), svc.settings.graph_clients, svc.clock.now())
-        mailbox, sub = await svc.mailboxes.add(mailbox)
-    except (ValueError, ValidationError) as exc:
-        return error(400, str(exc))
-    except TransientError as exc:
-        return error(503, f"Graph is unavailable, try again: {exc}")
-    except PermanentError as exc:
-        return error(502, f"Graph refused: {exc}")
-    return json_response(mailbox_view(mailbox, sub), 201)
 
 
 @bp.route(route="manage/tickets", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
@@ -46,11 +27,56 @@ async def manage_tickets(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"tickets": await lister(limit=limit)})
 
 
-@bp.route(route="manage/tickets/{number}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+TICKET_STATUSES = ("started", "done", "parked")
+
+
+@bp.route(route="manage/tickets/{number}", methods=["GET", "PATCH"], auth_level=func.AuthLevel.FUNCTION)
 async def manage_ticket(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: the ticket with its person, company, history and documents. PATCH {"status":
+    "done"|"started"|"parked"}: close, reopen or park it (exercises the closed-ticket policies)."""
     svc = await services().ready()
+    number = req.route_params.get("number", "")
+    if req.method == "PATCH":
+        try:
+            status = (json_body(req, limit=4096) or {}).get("status")
+        except (ValueError, AttributeError) as exc:
+            return error(400, str(exc) if isinstance(exc, ValueError) else "body must be a JSON object")
+        if status not in TICKET_STATUSES:
+            return error(400, f"status must be one of {', '.join(TICKET_STATUSES)}")
+        try:
+            ref = await svc.crm.set_ticket_status(number, status)
+        except TransientError as exc:
+            return error(503, f"the CRM is unavailable, try again: {exc}")
+        except PermanentError as exc:
+            return error(502, f"the CRM refused: {exc}")
+        if ref is None:
+            return error(404, "no such ticket")
+        log.info("manage.ticket-status ticket=%s status=%s", ref.number, status)
     detail = getattr(svc.crm, "ticket_detail", None)
     if detail is None:
         return error(404, "the configured CRM backend does not expose tickets here; look in the CRM")
-    ticket = await detail(req.route_params.get("number", ""))
+    ticket = await detail(number)
     return json_response(ticket) if ticket else error(404, "no such ticket")
+
+
+# Served as downloads (never rendered as a page of this origin), except images shown in notes.
+_INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+@bp.route(route="manage/documents/{doc_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def manage_document(req: func.HttpRequest) -> func.HttpResponse:
+    """A document's file (what `cid:` images in HTML notes of the embedded CRM point to)."""
+    svc = await services().ready()
+    meta_of, bytes_of = getattr(svc.crm, "get_document", None), getattr(svc.crm, "get_document_bytes", None)
+    doc_id = req.route_params.get("doc_id", "")
+    meta = await meta_of(doc_id) if meta_of else None
+    data = await bytes_of(doc_id) if meta and bytes_of else None
+    if meta is None or data is None:
+        return error(404, "no such document")
+    ctype = str(meta.get("content_type") or "application/octet-stream").split(";")[0].strip().lower()
+    inline = ctype in _INLINE_TYPES
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
+               "Content-Disposition": ("inline" if inline else "attachment")
+               + f"; filename*=UTF-8''{quote(str(meta.get('filename') or 'file'), safe='')}"}
+    return func.HttpResponse(data, status_code=200, mimetype=ctype if inline else "application/octet-stream",
+                             headers=headers)

@@ -12,7 +12,8 @@ from typing import AsyncIterator, Protocol
 from .domain.envelope import Job
 from .domain.mail import InboundMail
 from .domain.model import (
-    DocumentDraft, HistoryDraft, InboxItem, LedgerEntry, Mailbox, SubscriptionInfo, TicketDraft, TicketRef,
+    DocumentDraft, HistoryDraft, InboxItem, LedgerEntry, Mailbox, PersonRef, SubscriptionInfo, TicketDraft,
+    TicketRef,
 )
 
 
@@ -77,9 +78,28 @@ class CrmGateway(Protocol):
     """A CRM that holds persons, companies, helpdesk tickets, history notes and documents.
 
     Every create takes an idempotency key derived from the mail: calling it again with the same
-    key returns what the first call created instead of creating a second object."""
+    key returns what the first call created instead of creating a second object.
 
-    async def find_or_create_person(self, address: str, name: str) -> str: ...
+    Statuses are the normalized keys `started`, `done` (closed) and `parked`; a TicketRef of a done
+    ticket carries `closed_at` (its enddate), which the closed-ticket policies need.
+
+    Optional capabilities the processor uses when present: `document_url(doc_id) -> str` (where a
+    stored inline image can be shown from the HTML note, for `cid:` links) and
+    `add_document_file(draft, file, key) -> str` (a large attachment streamed from a seekable
+    binary file instead of bytes in memory)."""
+
+    async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
+        """The person with this email, created (with `company_id`, '' for none) when there is none.
+        Concurrent calls for one address make one person. An existing person is not changed."""
+    async def lookup_person(self, address: str) -> PersonRef | None:
+        """The first person whose email is exactly `address` (case-insensitive), with its company."""
+    async def find_company_ids(self, match: str, value: str, limit: int = 2) -> list[str]:
+        """Ids of companies (at most `limit`) whose email equals `value` (match="email"), whose email
+        has the domain `value` (match="email_domain"), or whose website's domain is `value`
+        (match="website", `www.` and scheme ignored)."""
+    async def person_company_ids(self, domain: str, limit: int = 2) -> list[str]:
+        """The distinct company ids ('' standing for "no company") of persons whose email has
+        `domain`, at most `limit` of them: one non-empty id means they all belong to that company."""
     async def reserve_ticket_number(self) -> str:
         """A fresh ticket number, or '' when the CRM numbers tickets itself."""
     async def create_ticket(self, draft: TicketDraft, key: str) -> TicketRef: ...

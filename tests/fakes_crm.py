@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from shared.adapters import crm_table as ct
 from shared.domain.errors import PermanentError
-from shared.domain.model import DocumentDraft, HistoryDraft, TicketDraft, TicketRef
+from shared.domain.matching import website_domain
+from shared.domain.model import DocumentDraft, HistoryDraft, PersonRef, TicketDraft, TicketRef
 
 
 class InMemoryCrm:
@@ -25,6 +26,7 @@ class InMemoryCrm:
         self.persons: dict[str, dict[str, Any]] = {}
         self.companies: dict[str, dict[str, Any]] = {}
         self.domains: dict[str, str] = {}
+        self.company_index: dict[tuple[str, str], list[str]] = {}  # (match, value) -> company ids
         self.tickets: dict[str, dict[str, Any]] = {}  # by number
         self.ticket_keys: dict[str, str] = {}  # key hash -> number
         self.message_index: dict[str, str] = {}  # normalized Message-ID -> number
@@ -48,7 +50,7 @@ class InMemoryCrm:
         self._maybe_fail("ensure")
 
     # persons and companies ------------------------------------------------------------------------
-    async def find_or_create_person(self, address: str, name: str) -> str:
+    async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
         self._maybe_fail("find_or_create_person")
         email = ct.normalize_email(address)
         pid = ct.person_id_for(email)
@@ -56,9 +58,37 @@ class InMemoryCrm:
             first, last, full = ct.split_name(name, email)
             now = self._now()
             self.persons[pid] = {"id": pid, "email": email, "firstname": first, "lastname": last, "name": full,
-                                 "company_id": "", "created": now, "updated": now}
+                                 "company_id": company_id, "created": now, "updated": now}
             self.created["person"] += 1
         return pid
+
+    async def lookup_person(self, address: str) -> PersonRef | None:
+        self._maybe_fail("lookup_person")
+        try:
+            pid = ct.person_id_for(address)
+        except ValueError:
+            return None
+        row = self.persons.get(pid)
+        return PersonRef(pid, row["company_id"]) if row else None
+
+    async def find_company_ids(self, match: str, value: str, limit: int = 2) -> list[str]:
+        self._maybe_fail("find_company_ids")
+        ct.check_company_match(match)
+        norm = (value or "").strip().lower()
+        if match == "website":
+            norm = website_domain(norm)
+        return list(self.company_index.get((match, norm), []))[:max(limit, 0)] if norm else []
+
+    async def person_company_ids(self, domain: str, limit: int = 2) -> list[str]:
+        self._maybe_fail("person_company_ids")
+        dom = ct.normalize_domain(domain)
+        out: list[str] = []
+        for row in self.persons.values():
+            if dom and row["email"].rpartition("@")[2] == dom and row["company_id"] not in out:
+                out.append(row["company_id"])
+                if len(out) >= limit:
+                    break
+        return out
 
     async def find_person(self, address: str) -> str | None:
         pid = ct.person_id_for(address)
@@ -68,7 +98,8 @@ class InMemoryCrm:
         row = self.persons.get(person_id)
         return ct.person_view(row) if row else None
 
-    async def find_or_create_company(self, name: str, domain: str | None = None, key: str = "") -> str:
+    async def find_or_create_company(self, name: str, domain: str | None = None, key: str = "",
+                                     email: str = "", website: str = "") -> str:
         self._maybe_fail("find_or_create_company")
         clean = " ".join((name or "").split())[:ct.COMPANY_NAME_MAX]
         if not clean:
@@ -77,8 +108,13 @@ class InMemoryCrm:
         if dom and dom in self.domains:
             return self.domains[dom]
         cid = ct.company_id_for(clean, key)
+        for index in ct.company_index_values(dom, email, website):
+            ids = self.company_index.setdefault(index, [])
+            if cid not in ids:
+                ids.append(cid)
         if cid not in self.companies:
-            self.companies[cid] = {"id": cid, "name": clean, "domain": dom, "created": self._now()}
+            self.companies[cid] = {"id": cid, "name": clean, "domain": dom, "email": (email or "").strip().lower(),
+                                   "website": (website or "").strip(), "created": self._now()}
             self.created["company"] += 1
         if dom:
             self.domains.setdefault(dom, cid)
@@ -202,6 +238,14 @@ class InMemoryCrm:
             }
             self.created["history"] += 1
         return hid
+
+    def document_url(self, doc_id: str) -> str:
+        return ct.DOCUMENT_URL_PREFIX + doc_id
+
+    async def add_document_file(self, draft: DocumentDraft, file: Any, key: str) -> str:
+        self._maybe_fail("add_document_file")
+        file.seek(0)
+        return await self.add_document(draft, file.read(), key)
 
     async def add_document(self, draft: DocumentDraft, data: bytes, key: str) -> str:
         self._maybe_fail("add_document")

@@ -14,6 +14,10 @@ Keys (Table keys may not hold `/ \\ # ?`: emails, Message-IDs and idempotency ke
     crmperson    person / <person id>              person id = "pe" + sha256(normalized email)[:24]
     crmcompany   company / <company id>            company id = "co" + sha256(key or name)[:24]
                  _domain / sha256(domain)[:32]     -> company_id (first company for a domain wins)
+                 _cx-email-<h> / <company id>      companies by email (h = sha256(value)[:32]),
+                 _cx-edom-<h> / <company id>       by email domain (the `domain` given, or the
+                 _cx-web-<h> / <company id>        email's), by website domain: sender matching
+    crmperson    _px-dom-<h> / <person id>         -> company_id: persons by email domain
     crmhelpdesk  ticket / <999999999999 - number>  the ticket (newest first in a partition scan);
                                                    ticket id = "hd" + number, so both are point reads
                  _key / sha256(key)[:32]           -> number: the idempotency commitment
@@ -55,7 +59,8 @@ from azure.core.exceptions import (
 from azure.data.tables import UpdateMode
 
 from ..domain.errors import PermanentError, TransientError
-from ..domain.model import DocumentDraft, HistoryDraft, TicketDraft, TicketRef
+from ..domain.matching import website_domain
+from ..domain.model import DocumentDraft, HistoryDraft, PersonRef, TicketDraft, TicketRef
 from .storage_clients import StorageAccount
 
 # Limits (Lime's where it has them) -----------------------------------------------------------
@@ -225,9 +230,11 @@ def iso(value: Any) -> str | None:
 
 
 def ticket_ref(row: Mapping[str, Any]) -> TicketRef:
+    end = row.get("enddate")
+    closed_at = utc(end) if isinstance(end, datetime) and row.get("status") == "done" else None
     return TicketRef(id=row["id"], number=row["number"], status=row.get("status", ""),
                      person_id=row.get("person_id", ""), company_id=row.get("company_id", ""),
-                     title=row.get("title", ""))
+                     title=row.get("title", ""), closed_at=closed_at)
 
 
 def ticket_summary(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -252,7 +259,47 @@ def person_view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def company_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: row.get(k, "") for k in ("id", "name", "domain")} | {"created": iso(row.get("created"))}
+    return {k: row.get(k, "") for k in ("id", "name", "domain", "email", "website")} | {
+        "created": iso(row.get("created"))}
+
+
+COMPANY_MATCHES = ("email", "email_domain", "website")
+DOCUMENT_URL_PREFIX = "/api/manage/documents/"
+
+
+def company_index_values(domain: str = "", email: str = "", website: str = "") -> list[tuple[str, str]]:
+    """(match, normalized value) pairs a company is found by: its email, its email's domain (or the
+    `domain` given), its website's domain."""
+    out: list[tuple[str, str]] = []
+    mail = (email or "").strip().lower()
+    if mail and "@" in mail:
+        out.append(("email", mail))
+    dom = normalize_domain(domain or "") or (mail.rpartition("@")[2] if "@" in mail else "")
+    if dom:
+        out.append(("email_domain", dom))
+    web = website_domain(website)
+    if web:
+        out.append(("website", web))
+    return out
+
+
+def check_company_match(match: str) -> str:
+    if match not in COMPANY_MATCHES:
+        raise ValueError(f"unknown company match {match!r}: expected one of {', '.join(COMPANY_MATCHES)}")
+    return match
+
+
+def _index_pk(match: str, value: str) -> str:
+    short = {"email": "email", "email_domain": "edom", "website": "web"}[match]
+    return f"_cx-{short}-{key_hash(value.strip().lower())}"
+
+
+def _person_domain_pk(domain: str) -> str:
+    return f"_px-dom-{key_hash(normalize_domain(domain))}"
+
+
+def email_domain_of(address: str) -> str:
+    return normalize_email(address).rpartition("@")[2]
 
 
 def history_view(row: Mapping[str, Any], note: str) -> dict[str, Any]:
@@ -376,9 +423,9 @@ class TableCrm:
                 await asyncio.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
         raise TransientError(f"embedded CRM: {kind} row kept changing under an update")
 
-    async def _put_blob(self, name: str, data: bytes, content_type: str) -> None:
+    async def _put_blob(self, name: str, data: Any, content_type: str, length: int | None = None) -> None:
         from azure.storage.blob import ContentSettings
-        await self._blobs().upload_blob(name, data, overwrite=True,
+        await self._blobs().upload_blob(name, data, length=length, overwrite=True,
                                         content_settings=ContentSettings(content_type=content_type))
 
     async def _read_blob(self, name: str) -> bytes | None:
@@ -409,16 +456,27 @@ class TableCrm:
 
     # persons and companies ------------------------------------------------------------------------
     @_storage_errors
-    async def find_or_create_person(self, address: str, name: str) -> str:
+    async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
+        """The person for `address`; created with `company_id` when there is none (an existing
+        person is left as it is). The id derives from the address: concurrent calls agree."""
         email = normalize_email(address)
         pid = person_id_for(email)
         if await self._get("person", "person", pid) is not None:
             return pid
         first, last, full = split_name(name, email)
         now = self._now()
-        await self._create("person", {"PartitionKey": "person", "RowKey": pid, "id": pid, "email": email,
-                                      "firstname": first, "lastname": last, "name": full, "company_id": "",
-                                      "created": now, "updated": now})
+        # The domain index first: a crash before the person row leaves an index row whose person the
+        # retry creates; the other order would leave a person that level (e) never finds.
+        await self._t("person").upsert_entity({"PartitionKey": _person_domain_pk(email.rpartition("@")[2]),
+                                               "RowKey": pid, "company_id": company_id}, mode=UpdateMode.REPLACE)
+        if not await self._create("person", {"PartitionKey": "person", "RowKey": pid, "id": pid, "email": email,
+                                             "firstname": first, "lastname": last, "name": full,
+                                             "company_id": company_id, "created": now, "updated": now}):
+            # Someone created it concurrently: put the index back to what the stored person says.
+            row = await self._get("person", "person", pid)
+            await self._t("person").upsert_entity({"PartitionKey": _person_domain_pk(email.rpartition("@")[2]),
+                                                   "RowKey": pid, "company_id": row.get("company_id", "")},
+                                                  mode=UpdateMode.REPLACE)
         return pid  # created, or created concurrently by someone else: the same id either way
 
     @_storage_errors
@@ -427,13 +485,62 @@ class TableCrm:
         return pid if await self._get("person", "person", pid) is not None else None
 
     @_storage_errors
+    async def lookup_person(self, address: str) -> PersonRef | None:
+        """The person whose email is `address`, with its company ('' for none)."""
+        try:
+            pid = person_id_for(address)
+        except ValueError:
+            return None
+        row = await self._get("person", "person", pid)
+        return PersonRef(pid, row.get("company_id", "")) if row is not None else None
+
+    @_storage_errors
+    async def find_company_ids(self, match: str, value: str, limit: int = 2) -> list[str]:
+        """Companies by exact email, email domain or website domain (at most `limit`)."""
+        check_company_match(match)
+        norm = (value or "").strip().lower()
+        if match == "website":
+            norm = website_domain(norm)
+        if not norm or limit <= 0:
+            return []
+        out: list[str] = []
+        async for row in self._t("company").query_entities("PartitionKey eq @pk",
+                                                            parameters={"pk": _index_pk(match, norm)},
+                                                            results_per_page=limit, select=["RowKey"]):
+            out.append(row["RowKey"])
+            if len(out) >= limit:
+                break
+        return out
+
+    @_storage_errors
+    async def person_company_ids(self, domain: str, limit: int = 2) -> list[str]:
+        """Distinct company ids ('' for none) of the persons at `domain`, at most `limit`."""
+        dom = normalize_domain(domain)
+        if not dom or limit <= 0:
+            return []
+        out: list[str] = []
+        async for row in self._t("person").query_entities("PartitionKey eq @pk",
+                                                           parameters={"pk": _person_domain_pk(dom)},
+                                                           select=["company_id"]):
+            cid = row.get("company_id") or ""
+            if cid not in out:
+                out.append(cid)
+                if len(out) >= limit:
+                    break
+        return out
+
+    @_storage_errors
     async def get_person(self, person_id: str) -> dict[str, Any] | None:
         row = await self._get("person", "person", person_id) if person_id else None
         return person_view(row) if row is not None else None
 
     @_storage_errors
-    async def find_or_create_company(self, name: str, domain: str | None = None, key: str = "") -> str:
-        """The company owning `domain` if there is one; else the company for `key` (or the name)."""
+    async def find_or_create_company(self, name: str, domain: str | None = None, key: str = "",
+                                     email: str = "", website: str = "") -> str:
+        """The company owning `domain` if there is one; else the company for `key` (or the name).
+
+        `email` and `website` (Lime's company email and www) are what sender matching finds it by;
+        the email's domain counts as the company's domain when `domain` is not given."""
         clean = " ".join((name or "").split())[:COMPANY_NAME_MAX]
         if not clean:
             raise ValueError("a company needs a name")
@@ -443,9 +550,14 @@ class TableCrm:
             if existing:
                 return existing
         cid = company_id_for(clean, key)
+        # Index rows first, so a company row never exists without the rows that find it.
+        for match, value in company_index_values(dom, email, website):
+            await self._t("company").upsert_entity({"PartitionKey": _index_pk(match, value), "RowKey": cid,
+                                                    "value": value[:500]}, mode=UpdateMode.REPLACE)
         if await self._get("company", "company", cid) is None:
             await self._create("company", {"PartitionKey": "company", "RowKey": cid, "id": cid, "name": clean,
-                                           "domain": dom, "created": self._now()})
+                                           "domain": dom, "email": (email or "").strip().lower()[:320],
+                                           "website": (website or "").strip()[:500], "created": self._now()})
         if dom and not await self._create("company", {"PartitionKey": "_domain", "RowKey": key_hash(dom),
                                                       "company_id": cid, "domain": dom}):
             return (await self._get("company", "_domain", key_hash(dom)))["company_id"]
@@ -471,8 +583,12 @@ class TableCrm:
         def mutate(row: dict[str, Any]) -> dict[str, Any] | None:
             return None if row.get("company_id") == company_id else {**row, "company_id": company_id, "updated": now}
 
-        if await self._update("person", "person", person_id, mutate) is None:
+        row = await self._update("person", "person", person_id, mutate)
+        if row is None:
             raise PermanentError(f"embedded CRM: no person {person_id}")
+        await self._t("person").upsert_entity({"PartitionKey": _person_domain_pk(email_domain_of(row["email"])),
+                                               "RowKey": person_id, "company_id": company_id},
+                                              mode=UpdateMode.REPLACE)
 
     # ticket numbers -----------------------------------------------------------------------------
     @_storage_errors
@@ -659,8 +775,24 @@ class TableCrm:
     @_storage_errors
     async def add_document(self, draft: DocumentDraft, data: bytes, key: str) -> str:
         """A file on a ticket, once per key; the bytes go to blob documents/<ticket>/<id>/<name>."""
-        if len(data) > MAX_DOCUMENT_BYTES:
-            raise PermanentError(f"embedded CRM: document of {len(data)} bytes is over the "
+        return await self._add_document(draft, data, len(data), key)
+
+    @_storage_errors
+    async def add_document_file(self, draft: DocumentDraft, file: Any, key: str) -> str:
+        """As add_document, from a seekable binary file (a large attachment spooled to disk): the
+        blob upload streams it instead of holding it in memory."""
+        file.seek(0, 2)
+        size = file.tell()
+        file.seek(0)
+        return await self._add_document(draft, file, size, key)
+
+    def document_url(self, doc_id: str) -> str:
+        """Where the manage API serves a document (what `cid:` images of HTML notes point to)."""
+        return DOCUMENT_URL_PREFIX + doc_id
+
+    async def _add_document(self, draft: DocumentDraft, data: Any, size: int, key: str) -> str:
+        if size > MAX_DOCUMENT_BYTES:
+            raise PermanentError(f"embedded CRM: document of {size} bytes is over the "
                                  f"{MAX_DOCUMENT_BYTES}-byte limit")
         did = document_id_for(key)
         commit = await self._get("document", "_id", did)
@@ -675,11 +807,11 @@ class TableCrm:
         pk, blob = commit["partition"], commit["blob"]
         if await self._get("document", pk, did) is None:
             content_type = draft.content_type or "application/octet-stream"
-            await self._put_blob(blob, data, content_type)
+            await self._put_blob(blob, data, content_type, size)
             await self._create("document", {
                 "PartitionKey": pk, "RowKey": did, "id": did, "ticket_id": draft.ticket_id,
                 "filename": (draft.filename or "file")[:FILENAME_MAX], "content_type": content_type,
-                "size": len(data), "comment": draft.comment[:4000], "blob": blob, "created": self._now(),
+                "size": size, "comment": draft.comment[:4000], "blob": blob, "created": self._now(),
             })
         return did
 

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,9 +44,15 @@ MAX_SHORT_RETRIES = 3
 class CredentialError(TransientError):
     """The Graph client could not get a token (bad or expired secret, unknown app...)."""
 
+    code: str = ""  # Entra's AADSTS number, when known
+
 
 class GraphAccessDenied(PermanentError):
     """Graph answered 403: a missing permission or an application access policy."""
+
+
+class AttachmentTooLarge(PermanentError):
+    """An attachment's content turned out larger than the limit its metadata promised to respect."""
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -75,8 +82,18 @@ class GraphClients:
             raise PermanentError(f"Graph client {name!r} is not configured in GRAPH_CLIENTS") from None
 
     def credential(self, name: str) -> Any:
-        if name in self._credentials:
-            return self._credentials[name]
+        if name not in self._credentials:
+            self._credentials[name] = self.build_credential(name)
+        return self._credentials[name]
+
+    def graph_scope(self) -> str:
+        base = urlparse(self._settings.graph_base_url)
+        if base.hostname in ("127.0.0.1", "localhost"):
+            return "https://graph.microsoft.com/.default"
+        return f"{base.scheme}://{base.netloc}/.default"
+
+    def build_credential(self, name: str) -> Any:
+        """A new credential with its own token cache (validation wants a real token request)."""
         cfg = self.config(name)
         s = self._settings
         kwargs: dict[str, Any] = {"authority": s.graph_authority_host}
@@ -116,7 +133,6 @@ class GraphClients:
                 except OSError as exc:
                     raise PermanentError(f"federated token file for {name!r} unreadable: {exc.strerror}") from None
             cred = identity.ClientAssertionCredential(cfg.tenant_id, cfg.client_id, assertion, **kwargs)
-        self._credentials[name] = cred
         return cred
 
     def client(self, name: str) -> Any:
@@ -275,6 +291,63 @@ class GraphAdapter:
             return await adapter.send_primitive_async(info, "bytes", None) or b""
         return await self._call(mailbox.client, mailbox.graph_user, op, "attachment get")
 
+    async def list_attachments(self, mailbox: Mailbox, message_id: str) -> list[dict[str, Any]]:
+        """Every attachment of the mail with its content (fileAttachment `contentBytes` and
+        `contentId`; item attachments without content) in one call. Graph has no filter here
+        (`$filter` on attachments is ignored), so the caller uses it only when the metadata says
+        every attachment is small."""
+        builder = self._user(mailbox).messages.by_message_id(message_id).attachments
+        info = builder.to_get_request_information(self._cfg())
+        out: list[dict[str, Any]] = []
+        while True:
+            doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "attachment list")
+            out.extend(doc.get("value") or ())
+            next_link = doc.get("@odata.nextLink")
+            if not next_link:
+                return out
+            info = builder.with_url(next_link).to_get_request_information(self._cfg())
+
+    async def get_attachment_item(self, mailbox: Mailbox, message_id: str, attachment_id: str) -> dict[str, Any]:
+        """One attachment as JSON: a fileAttachment's `contentBytes` (base64) and `contentId` (which
+        `$select` cannot ask for in the metadata: it is not on the base attachment type)."""
+        builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        info = builder.to_get_request_information(self._cfg())
+        return await self._get_json(mailbox.client, mailbox.graph_user, info, "attachment get")
+
+    async def stream_attachment(self, mailbox: Mailbox, message_id: str, attachment_id: str, sink: Any,
+                                limit: int | None = None) -> int:
+        """Stream an attachment's `$value` (a file's bytes, an attached message's MIME) into the
+        binary file `sink`, chunk by chunk, never holding it in memory; returns the bytes written.
+        Raises AttachmentTooLarge past `limit` (the metadata's size is only Graph's estimate)."""
+        from kiota_abstractions.api_error import APIError
+        builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        adapter = self._clients.client(mailbox.client).request_adapter
+
+        async def op() -> int:
+            info = builder.to_get_request_information(self._cfg())
+            adapter.set_base_url_for_request_information(info)
+            info.url = f"{info.url}/$value"
+            info.headers.try_add("Accept", "application/octet-stream")
+            request = await adapter.convert_to_native_async(info)
+            response = await adapter._http_client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise APIError(message=response.text[:300], response_status_code=response.status_code,
+                                   response_headers=dict(response.headers))
+                sink.seek(0)
+                sink.truncate()
+                written = 0
+                async for chunk in response.aiter_bytes():
+                    written += len(chunk)
+                    if limit is not None and written > limit:
+                        raise AttachmentTooLarge(f"attachment content is over the {limit}-byte limit")
+                    sink.write(chunk)
+                return written
+            finally:
+                await response.aclose()
+        return await self._call(mailbox.client, mailbox.graph_user, op, "attachment stream")
+
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)
 
@@ -377,11 +450,65 @@ class GraphAdapter:
 
     async def list(self, client: str) -> list[SubscriptionInfo]:
         subs = self._clients.client(client).subscriptions
+        out: list[SubscriptionInfo] = []
+        builder: Any = subs
+        for _ in range(1000):  # follow @odata.nextLink; a bound against a link that never ends
+            async def op(b: Any = builder) -> Any:
+                return await b.get(request_configuration=self._cfg())
+            page = await self._call(client, "_subscriptions", op, "subscription list")
+            if not page:
+                break
+            out.extend(self._sub_info(s) for s in (page.value or []))
+            if not page.odata_next_link:
+                break
+            builder = subs.with_url(page.odata_next_link)
+        return out
 
-        async def op() -> Any:
-            return await subs.get(request_configuration=self._cfg())
-        page = await self._call(client, "_subscriptions", op, "subscription list")
-        return [self._sub_info(s) for s in (page.value or [])] if page else []
+    async def reauthorize(self, client: str, subscription_id: str) -> None:
+        """Answer a reauthorizationRequired lifecycle event (404 raises MailNotFound)."""
+        builder = self._clients.client(client).subscriptions.by_subscription_id(subscription_id).reauthorize
+
+        async def op() -> None:
+            await builder.post(request_configuration=self._cfg())
+        await self._call(client, "_subscriptions", op, "subscription reauthorize")
+
+    # validation (manage API) ------------------------------------------------------------------
+    async def token_claims(self, client: str) -> dict[str, Any]:
+        """Acquire a token with a fresh credential (no cache) and return its claims (roles...).
+
+        Raises CredentialError whose `code` is Entra's AADSTS number ('' when there is none)."""
+        from azure.core.exceptions import ClientAuthenticationError
+        cred = self._clients.build_credential(client)
+        try:
+            token = await cred.get_token(self._clients.graph_scope())
+        except ClientAuthenticationError as exc:
+            text = str(getattr(exc, "message", None) or exc)
+            match = re.search(r"AADSTS(\d+)", text)
+            error = CredentialError(f"Graph client {client!r} could not get a token: "
+                                    f"{'AADSTS' + match.group(1) if match else 'token request failed'}")
+            error.code = match.group(1) if match else ""
+            raise error from None
+        except PermanentError as exc:  # e.g. the secret setting or the token file is missing
+            error = CredentialError(str(exc))
+            error.code = "config"
+            raise error from None
+        finally:
+            try:
+                await cred.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        return _jwt_claims(token.token)
+
+    async def probe_mailbox(self, client: str, graph_user: str) -> str:
+        """A harmless read (the Inbox folder's id) proving the client can reach the mailbox."""
+        from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+            MailFolderItemRequestBuilder,
+        )
+        query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
+        info = self._clients.client(client).users.by_user_id(graph_user).mail_folders.by_mail_folder_id(
+            "inbox").to_get_request_information(self._cfg(query))
+        doc = await self._get_json(client, graph_user, info, "mailbox probe")
+        return str(doc.get("id", ""))
 
     async def resolve_user(self, client: str, address: str) -> str | None:
         from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
@@ -392,6 +519,16 @@ class GraphAdapter:
         except GraphAccessDenied:
             return None
         return str(doc.get("id") or "") or None
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT access token, unverified (for reporting roles only; {} if opaque)."""
+    import base64
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
 
 
 def _iso(value: datetime) -> str:

@@ -64,6 +64,11 @@ class InboundMail:
     conversation_id: str = ""
     categories: tuple[str, ...] = ()
     custom: dict[str, Any] = field(default_factory=dict)
+    odata_type: str = ""  # "#microsoft.graph.eventMessage" for meeting requests and responses
+
+    def headers_named(self, name: str) -> tuple[str, ...]:
+        lname = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == lname)
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -79,6 +84,34 @@ class InboundMail:
     @property
     def references(self) -> tuple[str, ...]:
         return tuple(_MSGID.findall(self.header("References") or ""))
+
+    @property
+    def thread_refs(self) -> tuple[str, ...]:
+        """In-Reply-To then References (newest first, as RFC 5322 puts the parent last), de-duplicated."""
+        seen: dict[str, None] = {}
+        for ref in (*self.in_reply_to, *reversed(self.references)):
+            seen.setdefault(ref, None)
+        return tuple(seen)
+
+    @property
+    def thread_root(self) -> str:
+        """The first mail of the conversation this one belongs to: References[0], else In-Reply-To,
+        else '' (the mail starts a conversation)."""
+        refs = self.references or self.in_reply_to
+        return refs[0] if refs else ""
+
+    @property
+    def content_type(self) -> str:
+        """The top-level MIME type from the headers ('' when Graph did not report one), lower case."""
+        return (self.header("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+    @property
+    def is_event(self) -> bool:
+        return self.odata_type.lower().endswith("eventmessage")
+
+    @property
+    def recipients(self) -> tuple[Address, ...]:
+        return (*self.to, *self.cc)
 
     def content_hash(self) -> str:
         h = hashlib.sha256()
@@ -130,6 +163,7 @@ class InboundMail:
             conversation_id=str(doc.get("conversationId") or ""),
             categories=tuple(doc.get("categories") or ()),
             custom={k: doc.get(k) for k in custom_select if k in doc},
+            odata_type=str(doc.get("@odata.type") or ""),
         )
 
 

@@ -95,6 +95,14 @@ class TicketRef:
     person_id: str = ""
     company_id: str = ""
     title: str = ""
+    closed_at: datetime | None = None  # when status is done: its enddate (closed-ticket policies)
+
+
+@dataclass(frozen=True)
+class PersonRef:
+    """A person found in the CRM by email address, with the company it belongs to ('' for none)."""
+    id: str
+    company_id: str = ""
 
 
 @dataclass(frozen=True)

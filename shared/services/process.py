@@ -16,16 +16,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
-from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES
-from ..domain import policy
+from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
+from ..domain import matching, policy
+from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
 from ..domain.mail import InboundMail
 from ..domain.model import (
     ACTION_MOVE, FAILED, PROCESSED, SKIPPED, STEP_AUTOREPLY_QUEUED, STEP_CRM, STEP_FETCHED, STEP_MAILBOX_ACTION,
-    HistoryDraft, LedgerEntry, Mailbox, TicketDraft, TicketRef,
+    DocumentDraft, HistoryDraft, LedgerEntry, Mailbox, TicketDraft, TicketRef,
 )
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry, MailGateway
+from .attachments import AttachmentResult, AttachmentRules, AttachmentStore
+from .mail_to_crm import Sender, ThreadMatch, find_thread, identify_sender
 
 log = logging.getLogger("inbox.process")
 
@@ -36,6 +39,20 @@ MAX_WAIT_IN_INVOCATION = 5.0
 # own maxDequeueCount of 5).
 MAX_REQUEUES = 8
 AUTOREPLY_MAX_AGE = timedelta(days=1)
+MAX_SUCCESSORS = 5  # closed successors of closed successors followed before giving up and reopening
+# The ticket's description: the start of the first mail as plain text (Lime's description holds
+# 1,024 characters; an adapter may prefix it, e.g. with the ticket a successor follows up).
+DESCRIPTION_CHARS = 800
+LEDGER_ATTACHMENTS_MAX = 50  # attachment lines kept on the ledger row (a Table string holds 32K chars)
+
+# What the CRM step did with the mail's ticket (ledger data "action").
+NEW = "new"  # opened a ticket
+JOINED = "joined"  # another mail of the same conversation opened it at the same moment
+SUCCESSOR = "successor"  # opened a ticket that follows up a closed one (linked to it)
+FOLLOW_UP = "follow-up"  # added to an open ticket
+REOPENED = "reopened"  # added to a closed ticket, which it reopened
+HISTORY_ONLY = "history-only"  # automated mail kept on its ticket; the status is left alone
+CREATED = (NEW, SUCCESSOR)
 
 
 @dataclass
@@ -54,9 +71,12 @@ class ProcessDeps:
     crm: CrmGateway
     queue: JobQueue
     clock: Clock
-    note_format: str = "html"
+    rules: MailRules = field(default_factory=MailRules)
     own_addresses: Callable[[], Awaitable[frozenset[str]]] | None = None
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # called after a permanent failure was recorded (services/failures.py: no automatic retries,
+    # the mailbox category); must not raise
+    on_failed: Callable[[Mailbox, LedgerEntry], Awaitable[None]] | None = None
 
 
 def _trace(entry: LedgerEntry, clock: Clock, event: str, **extra: Any) -> None:
@@ -95,7 +115,11 @@ class MessageProcessor:
         except TransientError as exc:
             return await self._transient(job, entry, exc)
         except PermanentError as exc:
-            return await self._finish(entry, FAILED, f"{type(exc).__name__}: {exc}", job)
+            # Straight to Failed: retrying cannot help, so no queue retries are burned.
+            outcome = await self._finish(entry, FAILED, f"{type(exc).__name__}: {exc}", job)
+            if self.d.on_failed is not None:
+                await self.d.on_failed(mailbox, entry)
+            return outcome
         except Exception as exc:
             # A bug or an unexpected library error: release the lease so the retry is not blocked.
             await self._release(job, entry, f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -129,63 +153,163 @@ class MessageProcessor:
         return await self._mailbox_action_then(entry, mailbox, job, PROCESSED, "")
 
     async def _crm_step(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob) -> str:
-        """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored."""
+        """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored.
+
+        Order: classify -> identify the sender (lookups only) -> thread (References, then subject tag
+        of a ticket the sender is a contact of) -> skip automated mail that belongs to no ticket ->
+        person -> ticket (new, successor of a closed one, or existing) recorded on the ledger as
+        the plan -> reopen -> Message-ID -> attachments -> overflow documents -> history note."""
         d = self.d
+        rules = d.rules
+        try:
+            matching.levels(mailbox.sender_id_behaviour)
+            conv.check_policy(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days)
+        except ValueError as exc:
+            raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
         own = await d.own_addresses() if d.own_addresses else frozenset()
         verdict = policy.classify(mail, own)
         key = mail.idempotency_key()
         entry.data["key"] = key
-        person_id = await d.crm.find_or_create_person(mail.sender.normalized, mail.sender.name)
-        ticket = await self._thread(mail, person_id)
-        is_new = ticket is None
-        if is_new and verdict.automated:
-            return f"automated mail ({verdict.reason}) that belongs to no ticket"
-        if is_new:
-            number = entry.data.get("reserved_number") or await d.crm.reserve_ticket_number()
-            if number and not entry.data.get("reserved_number"):
-                entry.data["reserved_number"] = number  # recorded first: a crash reuses it
-                await d.ledger.save(entry)
-            title, _ = policy.ticket_title(mail.subject)
-            ticket = await d.crm.create_ticket(TicketDraft(
-                title=title, person_id=person_id, number=number, email=mail.sender.normalized,
-                values=dict(mailbox.routing.get("values", {})) if isinstance(mailbox.routing, dict) else {},
-                message_ids=tuple(filter(None, [mail.internet_message_id]))), key)
-        assert ticket is not None
-        if not is_new and mail.internet_message_id:
+        if verdict.automated:
+            entry.data["automated"] = verdict.reason
+        plan = entry.data.get("plan")
+        if plan:  # a retry: the ticket was decided (and created) before the crash
+            ticket = await d.crm.get_ticket(plan["number"])
+            if ticket is None:
+                raise PermanentError(f"ticket {plan['number']} chosen for this mail no longer exists")
+            action, person_id, company_id = plan["action"], plan["person_id"], plan["company_id"]
+        else:
+            sender = Sender("", "", "", "")
+            if mail.sender.normalized and "@" in mail.sender.normalized:
+                sender = await identify_sender(d.crm, mail.sender.normalized, mail.sender.name,
+                                               mailbox.sender_id_behaviour, rules.free_mail_domains)
+            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
+            if match.refused_tags:
+                entry.data["refused_tags"] = list(match.refused_tags)
+                log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
+                         job.message_id, ",".join(match.refused_tags))
+            if match.ticket is None and verdict.automated:
+                return f"automated mail ({verdict.reason}) that belongs to no ticket"
+            person_id, company_id = sender.person_id, sender.company_id
+            if not verdict.automated and not person_id:
+                person_id = await d.crm.find_or_create_person(sender.address, sender.name, company_id)
+            ticket, action = await self._place(mail, mailbox, entry, verdict.automated, sender, person_id, match, key)
+            plan = {"number": ticket.number, "action": action, "person_id": person_id, "company_id": company_id,
+                    "threaded_by": match.how, "sender_level": sender.level}
+            entry.data["plan"] = plan
+            await d.ledger.save(entry)  # the decision survives a crash: a retry finishes this ticket
+        if action == REOPENED and ticket.status != conv.OPEN_STATUS:
+            ticket = await d.crm.set_ticket_status(ticket.id, conv.OPEN_STATUS) or ticket
+        # A ticket this mail created holds its Message-ID already (when the CRM numbers tickets
+        # itself, "created" cannot be told from "joined": add it, the write is idempotent).
+        if mail.internet_message_id and not (action in CREATED and entry.data.get("reserved_number")):
             await d.crm.add_message_ids(ticket.id, [mail.internet_message_id])
-        await d.crm.add_history(HistoryDraft(
-            ticket_id=ticket.id, person_id=person_id, note=policy.note_from_mail(mail, d.note_format),
-            date=mail.received_at, message_ids=tuple(filter(None, [mail.internet_message_id]))), key)
+
+        results = await AttachmentStore(d.mail, d.crm, AttachmentRules(
+            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline)).store(mailbox, mail, ticket.id, key)
+        url_of = getattr(d.crm, "document_url", None)
+        cid_map = {r.content_id: url_of(r.document_id) for r in results
+                   if url_of and r.status == "stored" and r.content_id}
+        header = [] if not verdict.automated else [
+            "Sent from one of our own mailboxes: the ticket's status was left as it was." if verdict.kind == policy.OWN
+            else f"Automatic message ({verdict.reason}): the ticket's status was left as it was."]
+        note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
+                                  _skipped_lines(results))
+        extra_documents: list[str] = []
+        if note.truncated:
+            extra_documents.append(await d.crm.add_document(DocumentDraft(
+                ticket_id=ticket.id, filename=note.original_name, content_type=note.original_type,
+                size=len(note.original.encode("utf-8")), comment="the whole mail; the history note was cut"),
+                note.original.encode("utf-8"), f"{key}|body"))
+        title, title_cut = policy.ticket_title(mail.subject, rules.title_max_chars)
+        if action in CREATED and title_cut:
+            subject = mail.subject.encode("utf-8")
+            extra_documents.append(await d.crm.add_document(DocumentDraft(
+                ticket_id=ticket.id, filename="subject.txt", content_type="text/plain; charset=utf-8",
+                size=len(subject), comment="the whole subject; the title was cut"), subject, f"{key}|subject"))
+        history_id = await d.crm.add_history(HistoryDraft(
+            ticket_id=ticket.id, person_id=person_id, note=note.text, date=mail.received_at,
+            company_id=company_id or ticket.company_id,
+            message_ids=tuple(filter(None, [mail.internet_message_id]))), key)
+
         reply_to = mail.reply_to[0] if mail.reply_to and mail.reply_to[0].address else mail.sender
-        entry.data.update(person_id=person_id, ticket_id=ticket.id, ticket_number=ticket.number, new_ticket=is_new,
-                          title=ticket.title or policy.ticket_title(mail.subject)[0],
+        is_new = action in CREATED
+        entry.data.update(person_id=person_id, company_id=company_id, ticket_id=ticket.id,
+                          ticket_number=ticket.number, new_ticket=is_new, action=action,
+                          title=ticket.title or title,
                           reply_address=reply_to.normalized, reply_name=reply_to.name or mail.sender.name,
                           internet_message_id=mail.internet_message_id,
-                          received_at=mail.received_at.isoformat())
+                          received_at=mail.received_at.isoformat(),
+                          attachments=[r.summary() for r in results[:LEDGER_ATTACHMENTS_MAX]],
+                          note_truncated=note.truncated, remote_images_blocked=note.remote_blocked,
+                          history_id=history_id, documents=extra_documents)
+        if len(results) > LEDGER_ATTACHMENTS_MAX:
+            entry.data["attachments_more"] = len(results) - LEDGER_ATTACHMENTS_MAX
         entry.data["autoreply"] = bool(
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)
-        _step(entry, d.clock, STEP_CRM, ticket=ticket.number, new_ticket=is_new)
+        _step(entry, d.clock, STEP_CRM, ticket=ticket.number, new_ticket=is_new, action=action)
         await d.ledger.save(entry)
-        log.info("process.crm-stored correlation=%s message=%s ticket=%s new=%s", job.correlation_id,
-                 job.message_id, ticket.number, is_new)
+        log.info("process.crm-stored correlation=%s message=%s ticket=%s action=%s documents=%s", job.correlation_id,
+                 job.message_id, ticket.number, action, sum(1 for r in results if r.status == "stored"))
         return ""
 
-    async def _thread(self, mail: InboundMail, person_id: str) -> TicketRef | None:
-        """The ticket this mail follows up, if any: Message-ID references first, then the subject tag
-        (honoured only when the sender is the ticket's person)."""
-        crm = self.d.crm
-        refs = list(mail.in_reply_to) + list(mail.references)
-        if refs:
-            found = await crm.find_ticket_by_message_ids(refs)
-            if found:
-                return found
-        tag = policy.ticket_tag(mail.subject)
-        if tag:
-            ticket = await crm.get_ticket(tag)
-            if ticket and ticket.person_id == person_id:
-                return ticket
-        return None
+    async def _place(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, automated: bool, sender: Sender,
+                     person_id: str, match: ThreadMatch, key: str) -> tuple[TicketRef, str]:
+        """The ticket the mail goes on, and how (NEW, JOINED, SUCCESSOR, FOLLOW_UP, REOPENED,
+        HISTORY_ONLY). Creates the ticket when one is needed; reopening is left to the caller."""
+        d = self.d
+        ticket = match.ticket
+        if ticket is not None:
+            if automated:
+                return ticket, HISTORY_ONLY  # an auto-reply never reopens (nor opens) a ticket
+            for _ in range(MAX_SUCCESSORS):
+                if not conv.is_closed(ticket):
+                    return ticket, FOLLOW_UP
+                what = conv.closed_ticket_action(mailbox.closed_ticket_policy or conv.REOPEN,
+                                                 mailbox.closed_ticket_days, ticket.closed_at, d.clock.now())
+                if what == conv.REOPEN:
+                    return ticket, REOPENED
+                number = await self._reserved_number(entry)
+                successor = await d.crm.create_ticket(
+                    self._draft(mail, mailbox, sender, person_id, number, (*match.tags_seen, ticket.number),
+                                linked_ticket_id=ticket.id), conv.successor_key(ticket))
+                if conv.is_closed(successor):
+                    ticket = successor  # opened by an earlier follow-up and closed since: its successor
+                    continue
+                if not number or successor.number == number:
+                    return successor, SUCCESSOR
+                return successor, JOINED  # another follow-up opened it at the same moment
+            return ticket, REOPENED
+        number = await self._reserved_number(entry)
+        draft = self._draft(mail, mailbox, sender, person_id, number, match.tags_seen)
+        ticket = await d.crm.create_ticket(draft, conv.thread_key(mail))
+        if not mail.thread_root and ticket.person_id != person_id \
+                and not (sender.company_id and ticket.company_id == sender.company_id):
+            # A conversation with this Message-ID was opened by someone else: a reused or forged
+            # Message-ID must not put this mail on their ticket. Its own key instead.
+            ticket = await d.crm.create_ticket(draft, key)
+        return ticket, (NEW if not number or ticket.number == number else JOINED)
+
+    def _draft(self, mail: InboundMail, mailbox: Mailbox, sender: Sender, person_id: str, number: str,
+               strip_tags: tuple[str, ...], linked_ticket_id: str = "") -> TicketDraft:
+        title, _ = policy.ticket_title(mail.subject, self.d.rules.title_max_chars, strip_tags)
+        root = mail.thread_root  # a reply to a mail we never saw: replies to that one thread here too
+        return TicketDraft(
+            title=title, person_id=person_id, company_id=sender.company_id, number=number,
+            email=sender.address, description=policy.body_excerpt(mail, DESCRIPTION_CHARS),
+            values=policy.routing_values(mailbox.routing, mail),
+            message_ids=tuple(dict.fromkeys(filter(None, [mail.internet_message_id, root]))),
+            linked_ticket_id=linked_ticket_id)
+
+    async def _reserved_number(self, entry: LedgerEntry) -> str:
+        """The ticket number reserved for this mail: once, recorded before any ticket uses it."""
+        number = entry.data.get("reserved_number")
+        if number is None:
+            number = await self.d.crm.reserve_ticket_number()
+            entry.data["reserved_number"] = number
+            await self.d.ledger.save(entry)
+        return number
 
     async def _mailbox_action_then(self, entry: LedgerEntry, mailbox: Mailbox, job: MessageJob, status: str,
                                    reason: str) -> Outcome:
@@ -246,6 +370,13 @@ class MessageProcessor:
         log.warning("process.transient correlation=%s message=%s error=%s", job.correlation_id, job.message_id,
                     f"{type(exc).__name__}: {exc}")
         raise exc
+
+
+def _skipped_lines(results: list[AttachmentResult]) -> list[str]:
+    """Note lines for attachments the agent should know are missing (not inline parts the body
+    does not show: those are signatures and spacers)."""
+    return [f"Attachment not stored: {r.name} ({r.reason})" for r in results
+            if r.status == "skipped" and not (r.inline and r.reason.startswith("inline part"))][:20]
 
 
 def received_before(mail_time: datetime, now: datetime, seconds: int) -> bool:

@@ -1,0 +1,238 @@
+"""A mail's attachments become CRM documents: decided by metadata, fetched economically, stored once.
+
+1. Decide by the metadata the message GET already brought (`$expand=attachments($select=...)`),
+   without downloading: cloud links (referenceAttachment) and files over the per-file limit are
+   skipped with their reason; inline parts (pictures in the body) are kept per ATTACHMENTS_INLINE:
+   `referenced` (those the HTML body shows with `cid:`, default), `all`, or `none`.
+2. Fetch what is wanted:
+   - when every attachment of the mail is small (<= SMALL_BYTES each, <= BATCH_BYTES together),
+     all of them in one call (GET .../attachments, content included; Graph cannot filter that list);
+   - otherwise each small one as JSON (which also tells its contentId) and each large one, and every
+     attached message (itemAttachment, stored as .eml), streamed from `$value` into a spooled
+     temporary file (memory up to SMALL_BYTES, then disk), one at a time: the whole mail is never
+     held in memory, let alone twice.
+3. Store each as one document under a key derived from the mail's key and the attachment's place
+   in the mail, so a retry or a second mailbox that received the same mail writes nothing twice.
+   File names are made safe (domain/policy.safe_filename) and unique within the mail.
+
+Every attachment gets a line in the result (stored with its document id, or skipped with the
+reason); the processor records them on the ledger row and lists the skipped ones in the note.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..domain import policy
+from ..domain.errors import MailNotFound, PermanentError
+from ..domain.mail import AttachmentMeta, InboundMail
+from ..domain.model import DocumentDraft, Mailbox
+from ..ports import CrmGateway, MailGateway
+
+log = logging.getLogger("inbox.attachments")
+
+INLINE_MODES = ("referenced", "all", "none")
+SMALL_BYTES = 1024 * 1024
+BATCH_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # Lime's smaller file store
+
+
+@dataclass(frozen=True)
+class AttachmentRules:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    inline: str = "referenced"
+    small_bytes: int = SMALL_BYTES
+    batch_bytes: int = BATCH_BYTES
+
+    def __post_init__(self) -> None:
+        if self.inline not in INLINE_MODES:
+            raise ValueError(f"ATTACHMENTS_INLINE must be one of {', '.join(INLINE_MODES)}, got {self.inline!r}")
+
+
+@dataclass
+class AttachmentResult:
+    index: int
+    name: str  # as the mail named it
+    filename: str  # as stored (safe, unique in the mail)
+    size: int
+    content_type: str
+    inline: bool
+    content_id: str = ""
+    status: str = "pending"  # stored | skipped
+    reason: str = ""
+    document_id: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["name"] = data["name"][:120]
+        data["filename"] = data["filename"][:120]
+        return {k: v for k, v in data.items() if v not in ("", None) or k in ("status",)}
+
+
+@dataclass
+class _Fetched:
+    data: bytes | None = None
+    file: Any = None
+    content_id: str = ""
+    size: int = 0
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"
+
+
+def document_key(mail_key: str, index: int, att: AttachmentMeta) -> str:
+    """Position and name, not Graph's attachment id: ids differ between mailboxes for one mail."""
+    return f"{mail_key}|att|{index}|{att.name}"
+
+
+@dataclass
+class AttachmentStore:
+    mail: MailGateway
+    crm: CrmGateway
+    rules: AttachmentRules = field(default_factory=AttachmentRules)
+
+    async def store(self, mailbox: Mailbox, mail: InboundMail, ticket_id: str, mail_key: str) -> list[AttachmentResult]:
+        """Store the mail's attachments on the ticket; one result per attachment, in mail order."""
+        atts = list(mail.attachments)
+        if not atts:
+            return []
+        names = policy.unique_filenames(self._filename(a) for a in atts)
+        results = [AttachmentResult(i, a.name, names[i], a.size, a.content_type, a.is_inline, a.content_id)
+                   for i, a in enumerate(atts)]
+        cids = policy.referenced_cids(mail.body) if mail.body_content_type == "html" else set()
+        wanted: list[int] = []
+        for i, att in enumerate(atts):
+            reason = self._skip_by_metadata(att, bool(cids))
+            if reason:
+                results[i].status, results[i].reason = "skipped", reason
+            else:
+                wanted.append(i)
+        if not wanted:
+            return results
+        fetched = await self._fetch(mailbox, mail, atts, wanted)
+        for i in wanted:
+            att, res, got = atts[i], results[i], fetched.get(i)
+            if not isinstance(got, _Fetched):
+                res.status, res.reason = "skipped", got or "not returned by Graph"
+                continue
+            try:
+                if got.content_id:
+                    res.content_id = got.content_id
+                if att.is_inline and self.rules.inline == "referenced" \
+                        and (res.content_id or "").strip("<>").lower() not in cids:
+                    res.status, res.reason = "skipped", "inline part the body does not show"
+                    continue
+                draft = DocumentDraft(ticket_id=ticket_id, filename=res.filename, content_type=att.content_type,
+                                      size=got.size, comment="inline image of the mail" if att.is_inline else "")
+                key = document_key(mail_key, i, att)
+                if got.file is not None:
+                    add_file = getattr(self.crm, "add_document_file", None)
+                    if add_file is not None:
+                        res.document_id = await add_file(draft, got.file, key)
+                    else:
+                        got.file.seek(0)
+                        res.document_id = await self.crm.add_document(draft, got.file.read(), key)
+                else:
+                    res.document_id = await self.crm.add_document(draft, got.data or b"", key)
+                res.status, res.size = "stored", got.size
+            except PermanentError as exc:
+                # The CRM refuses this file (type, size, name): keep the mail, say why on the row and note.
+                res.status, res.reason = "skipped", f"the CRM refused it: {str(exc)[:200]}"
+            finally:
+                if got.file is not None:
+                    got.file.close()
+        return results
+
+    # deciding -----------------------------------------------------------------------------------
+    def _skip_by_metadata(self, att: AttachmentMeta, body_has_cids: bool) -> str:
+        if att.kind == "reference":
+            return "a link to a cloud file, not a file"
+        if att.size > self.rules.max_bytes:
+            return (f"over the per-file limit ({human_size(att.size)} > {human_size(self.rules.max_bytes)}); "
+                    "not downloaded")
+        if att.is_inline:
+            if self.rules.inline == "none":
+                return "inline part (ATTACHMENTS_INLINE=none)"
+            if self.rules.inline == "referenced" and not body_has_cids:
+                return "inline part the body does not show"
+        return ""
+
+    @staticmethod
+    def _filename(att: AttachmentMeta) -> str:
+        name = policy.safe_filename(att.name)
+        if att.kind == "item" and not name.lower().endswith(".eml"):
+            name = policy.safe_filename(name + ".eml")
+        return name
+
+    # fetching -----------------------------------------------------------------------------------
+    async def _fetch(self, mailbox: Mailbox, mail: InboundMail, atts: list[AttachmentMeta],
+                     wanted: list[int]) -> dict[int, _Fetched | str]:
+        """The content of each wanted attachment, or the reason it could not be read."""
+        out: dict[int, _Fetched | str] = {}
+        gw = self.mail
+        files = [a for a in atts if a.kind == "file"]
+        all_small = all(a.size <= self.rules.small_bytes for a in files) \
+            and sum(a.size for a in files) <= self.rules.batch_bytes
+        wanted_files = [i for i in wanted if atts[i].kind == "file"]
+        lister = getattr(gw, "list_attachments", None)
+        if lister is not None and len(wanted_files) > 1 and all_small:
+            try:
+                listed = {str(a.get("id")): a for a in await lister(mailbox, mail.message_id)}
+            except MailNotFound:
+                listed = {}
+            for i in wanted_files:
+                item = listed.get(atts[i].id)
+                if item is not None:
+                    out[i] = self._decode(item)
+        for i in wanted:
+            if i in out:
+                continue
+            att = atts[i]
+            try:
+                out[i] = await self._fetch_one(mailbox, mail, att)
+            except MailNotFound:
+                out[i] = "gone from the mailbox before it was read"
+            except PermanentError as exc:
+                out[i] = f"could not be read: {str(exc)[:200]}"
+                log.warning("attachments.fetch-refused message=%s index=%s error=%s", mail.message_id, i,
+                            type(exc).__name__)
+        return out
+
+    async def _fetch_one(self, mailbox: Mailbox, mail: InboundMail, att: AttachmentMeta) -> _Fetched:
+        gw = self.mail
+        getter = getattr(gw, "get_attachment_item", None)
+        streamer = getattr(gw, "stream_attachment", None)
+        small = att.size <= self.rules.small_bytes
+        if att.kind == "file" and getter is not None and (small or (att.is_inline and self.rules.inline == "referenced")):
+            return self._decode(await getter(mailbox, mail.message_id, att.id))
+        if streamer is not None:
+            spool = tempfile.SpooledTemporaryFile(max_size=self.rules.small_bytes)
+            try:
+                size = await streamer(mailbox, mail.message_id, att.id, spool, limit=self.rules.max_bytes)
+            except BaseException:
+                spool.close()
+                raise
+            return _Fetched(file=spool, size=size, content_id=att.content_id)
+        data = await gw.get_attachment(mailbox, mail.message_id, att.id)
+        if len(data) > self.rules.max_bytes:
+            raise PermanentError("attachment content is over the per-file limit")
+        return _Fetched(data=data, size=len(data), content_id=att.content_id)
+
+    @staticmethod
+    def _decode(item: dict[str, Any]) -> _Fetched:
+        raw = item.get("contentBytes")
+        try:
+            data = base64.b64decode(raw or "", validate=False)
+        except (binascii.Error, ValueError):
+            raise PermanentError("Graph returned attachment content that is not base64") from None
+        return _Fetched(data=data, size=len(data), content_id=str(item.get("contentId") or "").strip("<>"))

@@ -1,0 +1,112 @@
+"""Attachment fetching through the real Graph adapter (msgraph-sdk, azure-identity) against the Graph
+simulator: metadata first with the message, small files in one call, large ones streamed from
+`$value` on their own, files over the limit never requested, attached messages as MIME."""
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+
+import pytest
+
+from shared.adapters.graph import AttachmentTooLarge, GraphAdapter, GraphClients
+from shared.config import Settings
+from shared.domain.model import Mailbox, TicketDraft
+from shared.services.attachments import AttachmentRules, AttachmentStore
+from tests.fakes_crm import InMemoryCrm
+from tests.fixtures.mail import mime as m
+from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings
+from tools.sim.graph import GraphSim
+
+
+@pytest.fixture(scope="module")
+def graph():
+    sim = GraphSim().start()
+    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+async def world(graph):
+    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
+    user = graph.add_mailbox(address, tenant_id=TENANT)
+    adapter = GraphAdapter(GraphClients(Settings.from_env(app_settings("UseDevelopmentStorage=true", graph,
+                                                                       "http://127.0.0.1:1"))))
+    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
+    yield graph, adapter, box
+
+
+async def requests(graph: GraphSim, since: int, made: int) -> list[str]:
+    """The Graph calls logged since `since`, once all `made` of them are in the log (the simulator
+    logs a request after writing its answer, so the last one may lag the client a little)."""
+    for _ in range(500):
+        calls = [f"{r['method']} {r['path'].split('/messages/', 1)[1]}" for r in graph.requests.entries(since_seq=since)
+                 if "/messages/" in r["path"]]
+        if len(calls) >= made:
+            return calls
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the simulator logged {len(calls)} of {made} requests")
+
+
+async def run(graph, adapter, box, raw: bytes, rules: AttachmentRules):
+    message_id = graph.deliver(box.address, raw, notify=False)
+    since = graph.requests.entries()[-1]["seq"] if len(graph.requests) else 0
+    before = adapter.stats["requests"]
+    mail = await adapter.get_message(box, message_id)
+    crm = InMemoryCrm()
+    person = await crm.find_or_create_person("anna@acme.example", "Anna")
+    ticket = await crm.create_ticket(TicketDraft(title="t", person_id=person), "k")
+    results = await AttachmentStore(adapter, crm, rules).store(box, mail, ticket.id, "mail-key")
+    return mail, results, crm, await requests(graph, since, adapter.stats["requests"] - before)
+
+
+async def test_metadata_comes_with_the_message_and_small_files_in_one_more_call(world):
+    graph, adapter, box = world
+    raw = m.outlook("anna@acme.example", box.address, "Pics", "See.", message_id="<g1@acme.example>",
+                    html_body='<p><img src="cid:shot@1"></p>', inline_images=[("shot.png", "shot@1", m.PNG)],
+                    attachments=[("a.txt", "text/plain", b"alpha"), ("b.pdf", "application/pdf", m.PDF)])
+    mail, results, crm, calls = await run(graph, adapter, box, raw, AttachmentRules())
+    assert all("contentBytes" not in str(a) for a in mail.attachments)
+    assert [(a.name, a.is_inline) for a in mail.attachments] == [("shot.png", True), ("a.txt", False), ("b.pdf", False)]
+    assert [r.status for r in results] == ["stored"] * 3 and results[0].content_id == "shot@1"
+    assert len(calls) == 2 and calls[1].endswith("/attachments"), calls  # GET message, GET attachments
+    assert [crm.files[r.document_id] for r in results] == [m.PNG, b"alpha", m.PDF]
+
+
+async def test_large_files_stream_alone_and_oversized_ones_are_never_requested(world):
+    graph, adapter, box = world
+    big, huge = m.blob(2_500_000, "big"), m.blob(6_000_000, "huge")
+    inner = m.plain("kund@partner.example", "anna@acme.example", "Original", "The original.", message_id="<o@p>")
+    raw = m.forward_as_attachment("anna@acme.example", box.address, "FW: Original", "See attached.", inner,
+                                  message_id="<g2@acme.example>")
+    import email
+    from email import policy as email_policy
+    msg = email.message_from_bytes(raw, policy=email_policy.default)
+    msg.add_attachment(big, maintype="application", subtype="octet-stream", filename="big.bin")
+    msg.add_attachment(huge, maintype="application", subtype="octet-stream", filename="huge.bin")
+    msg.add_attachment(b"tiny", maintype="text", subtype="plain", filename="tiny.txt")
+    mail, results, crm, calls = await run(graph, adapter, box, bytes(msg), AttachmentRules(max_bytes=5_000_000))
+    by_name = {r.filename: r for r in results}
+    huge_id = next(a.id for a in mail.attachments if a.name == "huge.bin")
+    assert by_name["huge.bin"].status == "skipped" and not any(huge_id in c for c in calls), calls
+    assert crm.files[by_name["big.bin"].document_id] == big
+    eml = crm.files[by_name["Original.eml"].document_id]
+    assert b"Subject: Original" in eml and b"The original." in eml
+    assert crm.files[by_name["tiny.txt"].document_id] == b"tiny"
+    values = [c for c in calls if c.endswith("/$value")]
+    assert len(values) == 2, calls  # the big file and the attached message, each streamed on its own
+    assert not any(c.endswith("/attachments") for c in calls)
+
+
+async def test_streaming_stops_at_the_limit(world):
+    graph, adapter, box = world
+    raw = m.plain("anna@acme.example", box.address, "Big", "x", message_id="<g3@acme.example>",
+                  attachments=[("big.bin", "application/octet-stream", m.blob(300_000, "b"))])
+    message_id = graph.deliver(box.address, raw, notify=False)
+    mail = await adapter.get_message(box, message_id)
+    sink = io.BytesIO()
+    assert await adapter.stream_attachment(box, message_id, mail.attachments[0].id, sink) == 300_000
+    assert sink.getvalue() == m.blob(300_000, "b")
+    with pytest.raises(AttachmentTooLarge):
+        await adapter.stream_attachment(box, message_id, mail.attachments[0].id, io.BytesIO(), limit=100_000)

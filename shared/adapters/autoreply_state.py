@@ -1,0 +1,318 @@
+"""Autoreply claims (table `ledger`) and per-recipient autoreply limits (table `ratelimits`).
+
+Claims: one row per ticket, PartitionKey "autoreply", RowKey = hash of the ticket id, holding the
+claim state (claimed -> sent | uncertain | failed | retrying | skipped) and what the admin needs to
+see.  Every write is ETag-guarded (create: insert, fails if it exists; update: If-Match), so two
+workers can never both hold a claim: the loser gets `ClaimConflict`.  Rows in a listable state are
+mirrored into index partitions "autoreply-s-<state>" with RowKey "<inverted time>-<ticket hash>",
+so the manage API lists the newest failed / uncertain / sent autoreplies with one partition query,
+never a table scan; a listing re-reads each main row and skips (and removes) stale index rows left
+by a crash between the two writes.
+
+Limits: one row per recipient, PartitionKey "autoreply", RowKey = hash of the lower-cased address,
+holding the sends of the last window as [[token, epoch seconds], ...].  A sliding-window log, so the
+limit is exact; counting the same token (one ticket's autoreply) twice is a no-op, so queue
+redeliveries do not eat the recipient's allowance.  Updates are ETag-guarded and retried on
+conflict, so concurrent workers cannot overshoot the limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+from ..domain.errors import TransientError
+from ..ports import Clock
+from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
+from .errors import raise_storage
+from .keys import exact_hash, key_hash
+from .storage_clients import StorageAccount
+
+PARTITION = "autoreply"
+INDEX_PREFIX = "autoreply-s-"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INVERT = 10 ** 12  # milliseconds; inverted so the newest sort first
+
+
+def _dt(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return None if value <= _EPOCH else value
+    return datetime.fromisoformat(str(value))
+
+
+def ticket_key(ticket_id: str) -> str:
+    return exact_hash(ticket_id)
+
+
+def index_row_key(record: AutoreplyRecord) -> str:
+    when = record.updated_at or _EPOCH
+    millis = int((when - _EPOCH).total_seconds() * 1000)
+    return f"{_INVERT - millis:013d}-{ticket_key(record.ticket_id)}"
+
+
+# ---- claims ----------------------------------------------------------------------------------------
+class TableAutoreplyStore:
+    def __init__(self, account: StorageAccount, clock: Clock, table: str = "ledger") -> None:
+        self._account = account
+        self._clock = clock
+        self.table_name = table
+
+    @property
+    def _table(self) -> Any:
+        return self._account.table(self.table_name)
+
+    @staticmethod
+    def _to_entity(r: AutoreplyRecord, index: tuple[str, str]) -> dict[str, Any]:
+        return {
+            "PartitionKey": PARTITION, "RowKey": ticket_key(r.ticket_id), "ticket_id": r.ticket_id,
+            "ticket_number": r.ticket_number, "status": r.status, "mailbox_id": r.mailbox_id,
+            "message_id": r.message_id, "recipient": r.recipient.strip().lower()[:320], "template": r.template[:200],
+            "attempts": r.attempts, "claimed_until": r.claimed_until or _EPOCH,
+            "transaction_id": r.transaction_id, "last_error": r.last_error[:2000], "reason": r.reason[:1000],
+            "history_id": r.history_id, "resend_requested": r.resend_requested, "correlation_id": r.correlation_id,
+            "created_at": r.created_at or _EPOCH, "updated_at": r.updated_at or _EPOCH, "sent_at": r.sent_at or _EPOCH,
+            "trace": json.dumps(r.trace[-40:])[:30000], "index_pk": index[0], "index_rk": index[1],
+        }
+
+    @staticmethod
+    def _from_entity(ent: Any) -> AutoreplyRecord:
+        return AutoreplyRecord(
+            ticket_id=ent["ticket_id"], status=ent.get("status", ""), mailbox_id=ent.get("mailbox_id", ""),
+            message_id=ent.get("message_id", ""), ticket_number=ent.get("ticket_number", ""),
+            recipient=ent.get("recipient", ""), template=ent.get("template", ""),
+            attempts=int(ent.get("attempts") or 0), claimed_until=_dt(ent.get("claimed_until")),
+            transaction_id=ent.get("transaction_id", ""), last_error=ent.get("last_error", ""),
+            reason=ent.get("reason", ""), history_id=ent.get("history_id", ""),
+            resend_requested=bool(ent.get("resend_requested")), correlation_id=ent.get("correlation_id", ""),
+            created_at=_dt(ent.get("created_at")), updated_at=_dt(ent.get("updated_at")),
+            sent_at=_dt(ent.get("sent_at")), trace=json.loads(ent.get("trace") or "[]"),
+            etag=ent.metadata.get("etag", ""))
+
+    async def _get_entity(self, ticket_id: str) -> Any | None:
+        try:
+            return await self._table.get_entity(PARTITION, ticket_key(ticket_id))
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            raise_storage(exc, "autoreply read")
+
+    async def get(self, ticket_id: str) -> AutoreplyRecord | None:
+        ent = await self._get_entity(ticket_id)
+        return self._from_entity(ent) if ent is not None else None
+
+    async def save(self, record: AutoreplyRecord) -> AutoreplyRecord:
+        now = self._clock.now()
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        old_index = ("", "")
+        if record.etag:
+            current = await self._get_entity(record.ticket_id)
+            if current is None or current.metadata.get("etag") != record.etag:
+                raise ClaimConflict("autoreply row changed by another worker")
+            old_index = (current.get("index_pk", ""), current.get("index_rk", ""))
+        index = (INDEX_PREFIX + record.status, index_row_key(record)) if record.status in LISTABLE else ("", "")
+        entity = self._to_entity(record, index)
+        try:
+            if record.etag:
+                meta = await self._table.update_entity(entity, mode="replace", etag=record.etag,
+                                                       match_condition=MatchConditions.IfNotModified)
+            else:
+                meta = await self._table.create_entity(entity)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            raise ClaimConflict("autoreply row changed by another worker") from None
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise ClaimConflict("autoreply row changed by another worker") from None
+            raise_storage(exc, "autoreply write")
+        record.etag = meta.get("etag", "")
+        await self._reindex(record, old_index, index)
+        return record
+
+    async def _reindex(self, record: AutoreplyRecord, old: tuple[str, str], new: tuple[str, str]) -> None:
+        try:
+            if new[0]:
+                await self._table.upsert_entity({
+                    "PartitionKey": new[0], "RowKey": new[1], "ticket_id": record.ticket_id,
+                    "ticket_number": record.ticket_number, "mailbox_id": record.mailbox_id,
+                    "updated_at": record.updated_at}, mode="replace")
+            if old[0] and old != new:
+                try:
+                    await self._table.delete_entity(old[0], old[1])
+                except ResourceNotFoundError:
+                    pass
+        except HttpResponseError as exc:
+            raise_storage(exc, "autoreply index write")
+
+    async def list(self, status: str, limit: int = 100) -> list[AutoreplyRecord]:
+        if status not in LISTABLE:
+            raise ValueError(f"status must be one of {', '.join(LISTABLE)}")
+        pk = INDEX_PREFIX + status
+        rows: list[Any] = []
+        try:
+            async for ent in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": pk},
+                                                        results_per_page=min(limit, 1000)):
+                rows.append(ent)
+                if len(rows) >= limit:
+                    break
+        except HttpResponseError as exc:
+            raise_storage(exc, "autoreply list")
+        sem = asyncio.Semaphore(16)
+
+        async def main_row(ent: Any) -> AutoreplyRecord | None:
+            async with sem:
+                record = await self.get(ent["ticket_id"])
+                if record is None or record.status != status:
+                    try:  # a stale index row (crash between the two writes): tidy it away
+                        await self._table.delete_entity(pk, ent["RowKey"])
+                    except HttpResponseError:
+                        pass
+                    return None
+                return record
+        found = await asyncio.gather(*(main_row(e) for e in rows))
+        return [r for r in found if r is not None]
+
+
+    # maintenance ---------------------------------------------------------------------------------
+    async def erase_address(self, address: str) -> int:
+        """Scrub one recipient's address from the claim rows (the privacy erase): the recipient and
+        any address quoted in errors go; state, ticket and transaction ids stay, so nothing is resent."""
+        wanted = address.strip().lower()
+        if not wanted:
+            return 0
+        try:
+            found = [e async for e in self._table.query_entities(
+                "PartitionKey eq @pk and recipient eq @a", parameters={"pk": PARTITION, "a": wanted})]
+        except HttpResponseError as exc:
+            raise_storage(exc, "autoreply erase")
+        scrubbed = 0
+        for ent in found:
+            record = self._from_entity(ent)
+            for _ in range(5):
+                record.recipient = ""
+                record.last_error = redact(record.last_error, 2000)
+                record.trace = [{k: redact(v, 300) if k in ("error", "reason") else v for k, v in t.items()}
+                                for t in record.trace]
+                try:
+                    await self.save(record)
+                    scrubbed += 1
+                    break
+                except ClaimConflict:
+                    fresh = await self.get(record.ticket_id)
+                    if fresh is None:
+                        break
+                    record = fresh
+            else:
+                raise TransientError("an autoreply row kept changing during the erase; run it again")
+        return scrubbed
+
+    async def purge(self, cutoff: datetime) -> int:
+        """Delete claim rows (and their index rows) last updated before `cutoff`."""
+        deleted = 0
+        try:
+            async for ent in self._table.query_entities(
+                    "PartitionKey eq @pk and updated_at lt @cutoff", parameters={"pk": PARTITION, "cutoff": cutoff},
+                    select=["RowKey", "index_pk", "index_rk"]):
+                for pk, rk in ((ent.get("index_pk"), ent.get("index_rk")), (PARTITION, ent["RowKey"])):
+                    if pk and rk:
+                        try:
+                            await self._table.delete_entity(pk, rk)
+                        except ResourceNotFoundError:
+                            pass
+                deleted += 1
+        except HttpResponseError as exc:
+            raise_storage(exc, "autoreply purge")
+        return deleted
+
+
+# ---- per-recipient limits --------------------------------------------------------------------------
+def admit(sends: Iterable[Any], token: str, now: datetime, limit: int,
+          window: timedelta) -> tuple[bool, list[list[Any]] | None]:
+    """Sliding-window decision. (allowed, new log to store or None when nothing changes)."""
+    horizon = (now - window - _EPOCH).total_seconds()
+    kept = [[str(t), int(at)] for t, at in sends if int(at) > horizon]
+    if any(t == token for t, _ in kept):
+        return True, None
+    if len(kept) >= limit:
+        return False, None
+    kept.append([token, int((now - _EPOCH).total_seconds())])
+    return True, kept
+
+
+class TableRateLimiter:
+    ATTEMPTS = 60
+
+    def __init__(self, account: StorageAccount, limit: int = 10, window_minutes: int = 180,
+                 table: str = "ratelimits", partition: str = PARTITION) -> None:
+        self._account = account
+        self.limit = limit
+        self.window = timedelta(minutes=window_minutes)
+        self.table_name = table
+        self._partition = partition
+
+    @property
+    def _table(self) -> Any:
+        return self._account.table(self.table_name)
+
+    async def acquire(self, recipient: str, token: str, now: datetime) -> bool:
+        rk = key_hash(recipient)
+        for attempt in range(self.ATTEMPTS):
+            try:
+                try:
+                    ent = await self._table.get_entity(self._partition, rk)
+                except ResourceNotFoundError:
+                    ent = None
+                sends = json.loads(ent.get("sends") or "[]") if ent is not None else []
+                allowed, new = admit(sends, token, now, self.limit, self.window)
+                if new is None:
+                    return allowed
+                entity = {"PartitionKey": self._partition, "RowKey": rk, "sends": json.dumps(new), "updated_at": now}
+                try:
+                    if ent is None:
+                        await self._table.create_entity(entity)
+                    else:
+                        await self._table.update_entity(entity, mode="replace", etag=ent.metadata["etag"],
+                                                        match_condition=MatchConditions.IfNotModified)
+                    return True
+                except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                    pass  # another worker counted first: read again
+                except HttpResponseError as exc:
+                    if exc.status_code not in (409, 412):
+                        raise
+            except HttpResponseError as exc:
+                raise_storage(exc, "rate limit")
+            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        raise TransientError("the recipient's rate-limit row is contended; try again", retry_after=1)
+
+    async def erase_address(self, address: str) -> int:
+        """Forget one recipient's count (the privacy erase). The row key is a hash of the address."""
+        try:
+            await self._table.delete_entity(self._partition, key_hash(address))
+            return 1
+        except ResourceNotFoundError:
+            return 0
+        except HttpResponseError as exc:
+            raise_storage(exc, "rate limit erase")
+
+    async def purge(self, now: datetime) -> int:
+        """Delete counts whose every send is older than the window (nothing left to limit)."""
+        deleted = 0
+        try:
+            async for ent in self._table.query_entities(
+                    "PartitionKey eq @pk and updated_at lt @cutoff",
+                    parameters={"pk": self._partition, "cutoff": now - self.window}, select=["RowKey"]):
+                try:
+                    await self._table.delete_entity(self._partition, ent["RowKey"])
+                    deleted += 1
+                except ResourceNotFoundError:
+                    pass
+        except HttpResponseError as exc:
+            raise_storage(exc, "rate limit purge")
+        return deleted

@@ -13,6 +13,7 @@ from shared.bootstrap import services
 from shared.domain.errors import MalformedNotification
 from shared.domain.notifications import MAX_BODY_BYTES, validation_token_problem
 from shared.services.intake import accept_lifecycle, accept_notifications
+from shared.services.subscriptions import MAILBOX_PARAM, validate_mailbox_param
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.webhook")
@@ -39,7 +40,8 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
         return early
     svc = services()
     try:
-        await accept_notifications(req.get_body(), svc.signer, svc.queue)
+        await accept_notifications(req.get_body(), svc.signer, svc.queue,
+                                   validate_mailbox_param(req.params.get(MAILBOX_PARAM)))
     except MalformedNotification as exc:
         log.warning("graph.webhook.malformed reason=%s", exc)
         return func.HttpResponse("malformed notification", status_code=400, mimetype="text/plain")

@@ -1,17 +1,33 @@
-"""The `subscriptions` table: one row per mailbox (its Graph subscription) plus a lookup row per
-subscription id, so the lifecycle webhook finds the mailbox of a subscription with a point read."""
+"""The `subscriptions` table: one row per mailbox (its Graph subscription, and the lease that
+serialises every change to it) plus a lookup row per subscription id, so the lifecycle webhook
+finds the mailbox of a subscription with a point read.
+
+Partition `mailbox`, RowKey = hash of the mailbox id: the record.  Partition `sub`, RowKey = hash of
+the subscription id: {mailbox_id}.  The lease is two columns on the record (`lease_owner`,
+`lease_until`), taken with an insert (no row yet) or an ETag-guarded replace (lease free or run
+out), so two concurrent syncs can never both create a subscription for one mailbox.
+"""
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError,
+)
 
-from ..services.mailboxes import SubscriptionRecord
+from ..services.subscriptions import LeaseLost, SubscriptionRecord
 from .errors import raise_storage
 from .keys import exact_hash, key_hash
 from .storage_clients import StorageAccount
+
+MAILBOX = "mailbox"
+SUB = "sub"
+
+
+def _dt(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
 
 
 class TableSubscriptionStore:
@@ -25,15 +41,24 @@ class TableSubscriptionStore:
 
     @staticmethod
     def _from(ent: Any) -> SubscriptionRecord:
-        exp = ent.get("expiration")
         return SubscriptionRecord(
             mailbox_id=ent["mailbox_id"], client=ent.get("client", ""), subscription_id=ent.get("subscription_id", ""),
-            expiration=exp if isinstance(exp, datetime) else None, key_version=int(ent.get("key_version") or 0),
-            status=ent.get("status", ""), last_error=ent.get("last_error", ""), etag=ent.metadata.get("etag", ""))
+            expiration=_dt(ent.get("expiration")), key_version=int(ent.get("key_version") or 0),
+            status=ent.get("status", ""), last_error=ent.get("last_error", ""), target=ent.get("target", ""),
+            checked_at=_dt(ent.get("checked_at")), lease_owner=ent.get("lease_owner", ""),
+            lease_until=_dt(ent.get("lease_until")), etag=ent.metadata.get("etag", ""))
+
+    @staticmethod
+    def _entity(rec: SubscriptionRecord) -> dict[str, Any]:
+        return {"PartitionKey": MAILBOX, "RowKey": key_hash(rec.mailbox_id), "mailbox_id": rec.mailbox_id,
+                "client": rec.client, "subscription_id": rec.subscription_id, "expiration": rec.expiration or "",
+                "key_version": rec.key_version, "status": rec.status, "last_error": rec.last_error[:1000],
+                "target": rec.target, "checked_at": rec.checked_at or "", "lease_owner": rec.lease_owner,
+                "lease_until": rec.lease_until or ""}
 
     async def get(self, mailbox_id: str) -> SubscriptionRecord | None:
         try:
-            return self._from(await self._table.get_entity("mailbox", key_hash(mailbox_id)))
+            return self._from(await self._table.get_entity(MAILBOX, key_hash(mailbox_id)))
         except ResourceNotFoundError:
             return None
         except HttpResponseError as exc:
@@ -42,44 +67,79 @@ class TableSubscriptionStore:
     async def list(self) -> list[SubscriptionRecord]:
         try:
             return [self._from(e) async for e in
-                    self._table.query_entities("PartitionKey eq 'mailbox'")]
+                    self._table.query_entities("PartitionKey eq @pk", parameters={"pk": MAILBOX})]
         except HttpResponseError as exc:
             raise_storage(exc, "subscription list")
 
-    async def save(self, rec: SubscriptionRecord, if_match: bool = False) -> SubscriptionRecord:
-        ent = {"PartitionKey": "mailbox", "RowKey": key_hash(rec.mailbox_id), "mailbox_id": rec.mailbox_id,
-               "client": rec.client, "subscription_id": rec.subscription_id, "expiration": rec.expiration or "",
-               "key_version": rec.key_version, "status": rec.status, "last_error": rec.last_error[:1000]}
+    async def acquire(self, mailbox_id: str, owner: str, now: datetime, until: datetime) -> SubscriptionRecord | None:
+        """Take the mailbox's lease; None when another owner holds a lease that has not run out."""
+        rec = await self.get(mailbox_id)
         try:
-            if if_match and rec.etag:
-                meta = await self._table.update_entity(ent, mode="replace", etag=rec.etag,
-                                                       match_condition=MatchConditions.IfNotModified)
+            if rec is None:
+                rec = SubscriptionRecord(mailbox_id=mailbox_id, client="", lease_owner=owner, lease_until=until)
+                meta = await self._table.create_entity(self._entity(rec))
             else:
-                meta = await self._table.upsert_entity(ent, mode="replace")
-            if rec.subscription_id:
-                await self._table.upsert_entity({"PartitionKey": "sub", "RowKey": exact_hash(rec.subscription_id),
-                                                 "mailbox_id": rec.mailbox_id}, mode="replace")
+                if rec.lease_owner and rec.lease_owner != owner and rec.lease_until and rec.lease_until > now:
+                    return None
+                rec.lease_owner, rec.lease_until = owner, until
+                meta = await self._table.update_entity(self._entity(rec), mode="replace", etag=rec.etag,
+                                                       match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError):
+            return None  # someone else got there first
         except HttpResponseError as exc:
-            raise_storage(exc, "subscription write")
+            if exc.status_code in (409, 412):
+                return None
+            raise_storage(exc, "subscription lease")
         rec.etag = meta.get("etag", "")
         return rec
 
+    async def save(self, rec: SubscriptionRecord, if_match: bool = False) -> SubscriptionRecord:
+        try:
+            if if_match and rec.etag:
+                meta = await self._table.update_entity(self._entity(rec), mode="replace", etag=rec.etag,
+                                                       match_condition=MatchConditions.IfNotModified)
+            else:
+                meta = await self._table.upsert_entity(self._entity(rec), mode="replace")
+        except ResourceModifiedError:
+            raise LeaseLost(f"subscription row of mailbox {rec.mailbox_id} changed since it was read") from None
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise LeaseLost(f"subscription row of mailbox {rec.mailbox_id} changed since it was read") from None
+            raise_storage(exc, "subscription write")
+        rec.etag = meta.get("etag", "")
+        if rec.subscription_id:
+            try:
+                await self._table.upsert_entity({"PartitionKey": SUB, "RowKey": exact_hash(rec.subscription_id),
+                                                 "mailbox_id": rec.mailbox_id}, mode="replace")
+            except HttpResponseError as exc:
+                raise_storage(exc, "subscription lookup write")
+        return rec
+
+    async def release(self, rec: SubscriptionRecord) -> None:
+        rec.lease_owner, rec.lease_until = "", None
+        await self.save(rec, if_match=True)
+
     async def mailbox_of(self, subscription_id: str) -> str | None:
         try:
-            ent = await self._table.get_entity("sub", exact_hash(subscription_id))
+            ent = await self._table.get_entity(SUB, exact_hash(subscription_id))
         except ResourceNotFoundError:
             return None
         except HttpResponseError as exc:
             raise_storage(exc, "subscription lookup")
         return ent["mailbox_id"]
 
+    async def forget(self, subscription_id: str) -> None:
+        await self._delete(SUB, exact_hash(subscription_id))
+
     async def delete(self, mailbox_id: str, subscription_id: str = "") -> None:
-        for pk, rk in (("mailbox", key_hash(mailbox_id)), ("sub", exact_hash(subscription_id) if subscription_id else "")):
-            if not rk:
-                continue
-            try:
-                await self._table.delete_entity(pk, rk)
-            except ResourceNotFoundError:
-                pass
-            except HttpResponseError as exc:
-                raise_storage(exc, "subscription delete")
+        await self._delete(MAILBOX, key_hash(mailbox_id))
+        if subscription_id:
+            await self.forget(subscription_id)
+
+    async def _delete(self, pk: str, rk: str) -> None:
+        try:
+            await self._table.delete_entity(pk, rk)
+        except ResourceNotFoundError:
+            pass
+        except HttpResponseError as exc:
+            raise_storage(exc, "subscription delete")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import QUEUE_LIFECYCLE, QUEUE_MESSAGES
 from ..domain.clientstate import ClientStateSigner
@@ -26,13 +26,20 @@ class IntakeResult:
     ignored: int = 0
 
 
-async def accept_notifications(body: bytes, signer: ClientStateSigner, queue: JobQueue) -> IntakeResult:
+async def accept_notifications(body: bytes, signer: ClientStateSigner, queue: JobQueue,
+                               mailbox_key: str | None = None) -> IntakeResult:
     """Raises MalformedNotification for a bad body (nothing enqueued), and whatever the queue
-    raises when an enqueue fails (the caller answers 5xx so Graph retries)."""
+    raises when an enqueue fails (the caller answers 5xx so Graph retries).
+
+    mailbox_key: the `mailbox` query parameter of our notification URL (Graph sends it back).  When
+    present, the notifications are verified against that mailbox instead of the user id in their
+    resource: a mailbox registered by address has no user id we could compare with."""
     notifications = parse_change_notifications(body)
     result = IntakeResult()
     seen: set[tuple[str, str]] = set()
     for n in notifications:
+        if mailbox_key:
+            n = replace(n, mailbox_id=mailbox_key)
         if not signer.verify(n.client_state, n.tenant_id, n.mailbox_id):
             result.rejected += 1
             log.warning("graph.webhook.invalid-client-state subscription=%s reason=%s", n.subscription_id,

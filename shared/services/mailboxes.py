@@ -1,132 +1,253 @@
-"""Registering mailboxes and giving each a Graph subscription.
+"""Monitored mailboxes: register, read, change and delete them (the manage API's mailbox CRUD).
 
-The subscription resource is `users/{object id}/mailFolders('Inbox')/messages` with
-changeType=created; the clientState binds tenant and mailbox (domain/clientstate.py); the
-notification and lifecycle URLs come from PUBLIC_BASE_URL with `?code=` from WEBHOOK_KEY (Graph
-sends query strings back).  The expiration is read back from Graph's answer, never assumed.
+A mailbox is addressed in Graph by the user's object id when the app may read users (User.Read.All),
+else by its address, with a warning.  Its `id` is the object id, or for an address-only mailbox an
+opaque `addr-<hash of the address>`: the id goes into the notification URL (`mailbox=`), and an
+address must not end up in URLs, request logs or Graph's records.
+
+Every change that affects the subscription (registering, (de)activating, moving to another client)
+converges it at once through shared/services/subscriptions.py, under the mailbox's lease; a failure
+there keeps the mailbox and shows its subscription as Expired with the reason (the next sync retries).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
-from ..domain.clientstate import ClientStateSigner
-from ..domain.errors import PermanentError
-from ..domain.model import ACTION_DELETE, ACTION_MOVE, AutoreplySettings, Mailbox, SubscriptionInfo
-from ..ports import Clock, MailboxRegistry, SubscriptionGateway
+from ..domain.errors import MailNotFound, PermanentError
+from ..domain.model import ACTION_DELETE, ACTION_MOVE, AutoreplySettings, Mailbox
+from ..ports import Clock, MailboxRegistry
+from .subscriptions import MailboxOutcome, SubscriptionRecord, SubscriptionService
 
 log = logging.getLogger("inbox.mailboxes")
 
-# Outlook's maximum is 10,080 minutes; stay a little under it.
-SUBSCRIPTION_LIFETIME = timedelta(minutes=10_080 - 60)
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+CLOSED_TICKET_POLICIES = ("reopen", "new", "new_after_days")
+EDITABLE = ("client", "active", "start_date", "action", "move_folder", "autoreply", "routing",
+            "closed_ticket_policy", "closed_ticket_days", "sender_id_behaviour")
+ADDRESS_ONLY_WARNING = ("the app may not read users (User.Read.All): the mailbox is addressed by its address "
+                        "and its notifications are verified by the mailbox key in the notification URL")
 
 
 class ValidationError(PermanentError):
     """Bad input to the manage API: the message says what to fix."""
 
 
-@dataclass
-class SubscriptionRecord:
-    mailbox_id: str
-    client: str
-    subscription_id: str = ""
-    expiration: datetime | None = None
-    key_version: int = 0
-    status: str = ""  # active | expired | error
-    last_error: str = ""
-    etag: str = ""
+class MailboxNotFound(PermanentError):
+    """No mailbox with that id (or address)."""
 
 
-def notification_urls(public_base_url: str, webhook_key: str) -> tuple[str, str]:
-    if not public_base_url:
-        raise ValidationError("PUBLIC_BASE_URL is not set: Graph needs an HTTPS URL to call back on")
-    suffix = f"?code={quote(webhook_key, safe='')}" if webhook_key else ""
-    return f"{public_base_url}/api/notifications{suffix}", f"{public_base_url}/api/lifecycle{suffix}"
+class MailboxUnreachable(PermanentError):
+    """The Graph client cannot reach the mailbox: `reason` is mailbox_not_found or mailbox_unreachable."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-def inbox_resource(mailbox: Mailbox) -> str:
-    return f"users/{mailbox.graph_user}/mailFolders('Inbox')/messages"
+def address_only_id(address: str) -> str:
+    return "addr-" + hashlib.sha256(address.strip().lower().encode()).hexdigest()[:32]
+
+
+def _bool(doc: dict[str, Any], name: str) -> bool:
+    value = doc[name]
+    if not isinstance(value, bool):
+        raise ValidationError(f"'{name}' must be true or false")
+    return value
+
+
+def _date(value: Any, now: datetime) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("'start_date' must be an ISO 8601 date or date-time") from None
+    return when if when.tzinfo else when.replace(tzinfo=now.tzinfo)
+
+
+def _apply(box: Mailbox, doc: dict[str, Any], clients: dict[str, Any], now: datetime) -> Mailbox:
+    """Validate the editable fields present in `doc` and set them on `box`."""
+    if "client" in doc:
+        client = str(doc["client"] or "")
+        if client not in clients:
+            raise ValidationError(f"'client' must name a configured Graph client "
+                                  f"({', '.join(sorted(clients)) or 'none configured'})")
+        box.client, box.tenant_id = client, clients[client].tenant_id
+    if "active" in doc:
+        box.active = _bool(doc, "active")
+    if "start_date" in doc:
+        box.start_date = _date(doc["start_date"], now) if doc["start_date"] else now
+    if "action" in doc:
+        if doc["action"] not in (ACTION_DELETE, ACTION_MOVE):
+            raise ValidationError("'action' must be 'delete' or 'move'")
+        box.action = doc["action"]
+    if "move_folder" in doc:
+        folder = doc["move_folder"] or ""
+        if not isinstance(folder, str) or len(folder) > 512:
+            raise ValidationError("'move_folder' must be a folder id or well-known folder name")
+        box.move_folder = folder
+    if box.action == ACTION_MOVE and not box.move_folder:
+        raise ValidationError("'move_folder' is required when action is 'move'")
+    if "autoreply" in doc:
+        auto = doc["autoreply"] or {}
+        if not isinstance(auto, dict):
+            raise ValidationError("'autoreply' must be an object")
+        codes = auto.get("merge_codes") or {}
+        if not isinstance(codes, dict):
+            raise ValidationError("'autoreply.merge_codes' must be an object")
+        box.autoreply = AutoreplySettings(enabled=bool(auto.get("enabled", False)),
+                                          template=str(auto.get("template", "")),
+                                          from_name=str(auto.get("from_name", "")),
+                                          merge_codes={str(k): str(v) for k, v in codes.items()})
+    if "routing" in doc:
+        if not isinstance(doc["routing"] or {}, dict):
+            raise ValidationError("'routing' must be an object")
+        box.routing = doc["routing"] or {}
+    if "closed_ticket_policy" in doc:
+        if doc["closed_ticket_policy"] not in CLOSED_TICKET_POLICIES:
+            raise ValidationError(f"'closed_ticket_policy' must be one of {', '.join(CLOSED_TICKET_POLICIES)}")
+        box.closed_ticket_policy = doc["closed_ticket_policy"]
+    if "closed_ticket_days" in doc:
+        days = doc["closed_ticket_days"]
+        if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 3650:
+            raise ValidationError("'closed_ticket_days' must be an integer from 0 to 3650")
+        box.closed_ticket_days = days
+    if "sender_id_behaviour" in doc:
+        value = doc["sender_id_behaviour"]
+        if not isinstance(value, str) or not 0 < len(value) <= 64:
+            raise ValidationError("'sender_id_behaviour' must be a short string")
+        box.sender_id_behaviour = value
+    return box
 
 
 def mailbox_from_request(doc: Any, clients: dict[str, Any], now: datetime) -> Mailbox:
-    """Validate a POST /manage/mailboxes body into a Mailbox (without its object id yet)."""
+    """Validate a POST /manage/mailboxes body into a Mailbox (its id is settled by MailboxService.add)."""
     if not isinstance(doc, dict):
         raise ValidationError("body must be a JSON object")
+    unknown = sorted(set(doc) - set(EDITABLE) - {"address"})
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(unknown)}; allowed: address, {', '.join(EDITABLE)}")
     address = str(doc.get("address") or "").strip()
     if not _EMAIL.match(address):
         raise ValidationError("'address' must be an email address")
-    client = str(doc.get("client") or (next(iter(clients)) if len(clients) == 1 else ""))
-    if client not in clients:
-        raise ValidationError(f"'client' must name a configured Graph client ({', '.join(sorted(clients)) or 'none configured'})")
-    action = str(doc.get("action") or ACTION_DELETE)
-    if action not in (ACTION_DELETE, ACTION_MOVE):
-        raise ValidationError("'action' must be 'delete' or 'move'")
-    if action == ACTION_MOVE and not doc.get("move_folder"):
-        raise ValidationError("'move_folder' is required when action is 'move'")
-    start = doc.get("start_date")
-    try:
-        start_date = datetime.fromisoformat(str(start).replace("Z", "+00:00")) if start else now
-    except ValueError:
-        raise ValidationError("'start_date' must be an ISO 8601 date-time") from None
-    if start_date.tzinfo is None:
-        start_date = start_date.replace(tzinfo=now.tzinfo)
-    auto = doc.get("autoreply") or {}
-    if not isinstance(auto, dict):
-        raise ValidationError("'autoreply' must be an object")
-    return Mailbox(
-        id=address.lower(), address=address, client=client, tenant_id=clients[client].tenant_id,
-        active=bool(doc.get("active", True)), start_date=start_date, action=action,
-        move_folder=str(doc.get("move_folder") or ""),
-        autoreply=AutoreplySettings(enabled=bool(auto.get("enabled", False)), template=str(auto.get("template", "")),
-                                    from_name=str(auto.get("from_name", "")),
-                                    merge_codes={str(k): str(v) for k, v in (auto.get("merge_codes") or {}).items()}),
-        routing=doc.get("routing") if isinstance(doc.get("routing"), dict) else {},
-        closed_ticket_policy=str(doc.get("closed_ticket_policy") or "reopen"),
-        closed_ticket_days=int(doc.get("closed_ticket_days") or 0),
-        sender_id_behaviour=str(doc.get("sender_id_behaviour") or "PersonEmailDomain"),
-        created_at=now,
-    )
+    doc = dict(doc)
+    if "client" not in doc:
+        if len(clients) != 1:
+            raise ValidationError(f"'client' is required: one of {', '.join(sorted(clients)) or 'none configured'}")
+        doc["client"] = next(iter(clients))
+    box = Mailbox(id=address.lower(), address=address, client="", tenant_id="", start_date=now, created_at=now)
+    return _apply(box, doc, clients, now)
+
+
+def patch_from_request(box: Mailbox, doc: Any, clients: dict[str, Any], now: datetime) -> Mailbox:
+    if not isinstance(doc, dict) or not doc:
+        raise ValidationError("body must be a JSON object with at least one field to change")
+    unknown = sorted(set(doc) - set(EDITABLE))
+    if unknown:
+        hint = " (the address cannot change: delete the mailbox and add the new one)" if "address" in unknown else ""
+        raise ValidationError(f"field(s) that cannot be changed: {', '.join(unknown)}{hint}; "
+                              f"editable: {', '.join(EDITABLE)}")
+    return _apply(box, doc, clients, now)
+
+
+@dataclass
+class MailboxResult:
+    mailbox: Mailbox
+    subscription: SubscriptionRecord | None
+    outcome: MailboxOutcome | None = None
 
 
 class MailboxService:
-    def __init__(self, registry: MailboxRegistry, graph: SubscriptionGateway, signer: ClientStateSigner,
-                 clock: Clock, public_base_url: str, webhook_key: str, subscriptions: Any) -> None:
+    def __init__(self, registry: MailboxRegistry, graph: Any, clock: Clock, clients: dict[str, Any],
+                 subscriptions: SubscriptionService, store: Any) -> None:
         self.registry = registry
-        self.graph = graph
-        self.signer = signer
+        self.graph = graph  # resolve_user, probe_mailbox
         self.clock = clock
-        self.public_base_url = public_base_url
-        self.webhook_key = webhook_key
-        self.subscriptions = subscriptions  # SubscriptionStore
+        self.clients = clients
+        self.subscriptions = subscriptions
+        self.store = store  # SubscriptionStore
 
-    async def add(self, mailbox: Mailbox) -> tuple[Mailbox, SubscriptionInfo | None]:
-        existing = await self.registry.get(mailbox.id)
-        user_id = await self.graph.resolve_user(mailbox.client, mailbox.address)
+    async def find(self, ref: str) -> Mailbox | None:
+        """By id, or by address."""
+        ref = (ref or "").strip()
+        if not ref:
+            return None
+        box = await self.registry.get(ref.lower())
+        if box is None and "@" in ref:
+            box = await self.registry.get(address_only_id(ref))
+            if box is None:
+                wanted = ref.lower()
+                box = next((b for b in await self.registry.list() if b.address.lower() == wanted), None)
+        return box
+
+    async def _probe(self, box: Mailbox) -> None:
+        try:
+            await self.graph.probe_mailbox(box.client, box.graph_user)
+        except MailNotFound:
+            raise MailboxUnreachable(f"Graph knows no mailbox {box.address!r} for client {box.client!r}",
+                                     "mailbox_not_found") from None
+        except PermanentError as exc:
+            if type(exc).__name__ == "GraphAccessDenied":
+                raise MailboxUnreachable(f"client {box.client!r} may not read this mailbox: {exc} (an application "
+                                         "access policy, or a missing Mail.ReadWrite permission)",
+                                         "mailbox_unreachable") from None
+            raise
+
+    async def add(self, box: Mailbox) -> MailboxResult:
+        """Resolve the id, prove the client reaches the mailbox, save it, subscribe.  Raises
+        ValidationError / MailboxUnreachable (nothing saved), TransientError (nothing saved)."""
+        if await self.find(box.address):
+            raise ValidationError(f"mailbox {box.address} is already registered")
+        try:
+            user_id = await self.graph.resolve_user(box.client, box.address)
+        except MailNotFound:
+            raise MailboxUnreachable(f"the directory knows no user {box.address!r}", "mailbox_not_found") from None
         if user_id:
-            mailbox.user_id = user_id.lower()
-            mailbox.id = user_id.lower()
-            existing = existing or await self.registry.get(mailbox.id)
+            box.user_id = box.id = user_id.lower()
+            if await self.registry.get(box.id):
+                raise ValidationError(f"mailbox {box.address} is already registered (as {box.id})")
         else:
-            mailbox.warnings.append("the app may not read users (User.Read.All): the mailbox is addressed by "
-                                    "its address; notifications are verified against it")
-        if existing:
-            raise ValidationError(f"mailbox {mailbox.address} is already registered")
-        await self.registry.save(mailbox)
-        sub = await self.ensure_subscription(mailbox) if mailbox.active else None
-        log.info("mailbox.added mailbox=%s subscription=%s", mailbox.id, sub.id if sub else "-")
-        return mailbox, sub
+            box.id = address_only_id(box.address)
+            box.warnings.append(ADDRESS_ONLY_WARNING)
+        await self._probe(box)
+        await self.registry.save(box)
+        outcome = await self.subscriptions.sync_mailbox(box) if box.active else None
+        log.info("mailbox.added mailbox=%s client=%s subscription=%s", box.id, box.client,
+                 outcome.action if outcome else "inactive")
+        return MailboxResult(box, await self.store.get(box.id), outcome)
 
-    async def ensure_subscription(self, mailbox: Mailbox) -> SubscriptionInfo:
-        notify, lifecycle = notification_urls(self.public_base_url, self.webhook_key)
-        info = await self.graph.create(
-            mailbox.client, inbox_resource(mailbox), notify, lifecycle,
-            self.signer.sign(mailbox.tenant_id, mailbox.id), self.clock.now() + SUBSCRIPTION_LIFETIME)
-        await self.subscriptions.save(SubscriptionRecord(
-            mailbox_id=mailbox.id, client=mailbox.client, subscription_id=info.id, expiration=info.expiration,
-            key_version=self.signer.current_version, status="active"))
-        return info
+    async def get(self, ref: str) -> MailboxResult:
+        box = await self.find(ref)
+        if box is None:
+            raise MailboxNotFound(f"no mailbox {ref!r}")
+        return MailboxResult(box, await self.store.get(box.id))
+
+    async def update(self, ref: str, doc: Any) -> MailboxResult:
+        box = await self.find(ref)
+        if box is None:
+            raise MailboxNotFound(f"no mailbox {ref!r}")
+        before = (box.client, box.active)
+        box = patch_from_request(box, doc, self.clients, self.clock.now())
+        if box.active and box.client != before[0]:
+            await self._probe(box)
+        await self.registry.save(box)
+        outcome = None
+        if (box.client, box.active) != before:
+            outcome = await self.subscriptions.sync_mailbox(box)
+        log.info("mailbox.updated mailbox=%s fields=%s subscription=%s", box.id, ",".join(sorted(doc)),
+                 outcome.action if outcome else "-")
+        return MailboxResult(box, await self.store.get(box.id), outcome)
+
+    async def delete(self, ref: str) -> MailboxOutcome:
+        """Delete the mailbox and its subscription.  If Graph cannot be reached the mailbox is still
+        deleted; the next sync deletes the leftover subscription (an orphan by then)."""
+        box = await self.find(ref)
+        if box is None:
+            raise MailboxNotFound(f"no mailbox {ref!r}")
+        await self.registry.delete(box.id)
+        outcome = await self.subscriptions.remove(box.id)
+        log.info("mailbox.deleted mailbox=%s subscription=%s", box.id, outcome.action)
+        return outcome

@@ -12,6 +12,9 @@ Owns the HTTP APIs the production code (msgraph-sdk + azure-identity, unchanged)
   change and lifecycle notifications POSTed to the webhook, Outlook throttling per app and
   mailbox, Exchange application access policies, ``Prefer`` headers (ImmutableId, text bodies,
   odata.maxpagesize).
+* The App Service managed-identity endpoint (``GET /msi/token``, for ``IDENTITY_ENDPOINT`` and
+  ``IDENTITY_HEADER``): :meth:`GraphSim.add_managed_identity` returns the federated credential to put
+  on an app, whose tokens for ``api://AzureADTokenExchange`` the token endpoint then accepts.
 * A movable clock (subscriptions expire by it; tokens use real time), delivery of mail (Graph
   JSON or raw MIME via :mod:`tools.sim.mime2graph`) and notification chaos (drop, duplicate,
   delay, reorder), all controllable in-process and over ``/_sim/...`` (no auth).
@@ -654,6 +657,11 @@ class GraphSim(SimServer):
         self.throttled_count = 0
         self._notifier: _Notifier | None = None
         self._notification_workers = notification_workers
+        # App Service managed identity endpoint (IDENTITY_ENDPOINT / IDENTITY_HEADER)
+        self.identity_header = _b64url(os.urandom(18))
+        self._identities: dict[str | None, dict[str, str]] = {}  # client id (None: system) -> identity
+        self.identity_requests = 0
+        self.reauthorizations: dict[str, int] = {}  # subscription id -> POST .../reauthorize count
         self._register_routes()
 
     # ================================================================ lifecycle / clock
@@ -1091,6 +1099,51 @@ class GraphSim(SimServer):
         return self._jwt({"iss": issuer, "sub": subject, "aud": audience, "iat": now,
                           "nbf": now, "exp": now + lifetime, "jti": str(uuid.uuid4())})
 
+    # ================================================================ managed identity
+
+    @property
+    def identity_endpoint(self) -> str:
+        """Value for ``IDENTITY_ENDPOINT`` (App Service / Functions managed identity protocol)."""
+        return self.url + "/msi/token"
+
+    def add_managed_identity(self, client_id: str | None = None, tenant_id: str = DEMO_TENANT,
+                             principal_id: str | None = None) -> dict[str, Any]:
+        """An identity of the hosting app (user-assigned with ``client_id``, else system-assigned).
+
+        Returns the federated credential to put on an app registration (``add_app(federated=...)``):
+        the identity's tokens for ``api://AzureADTokenExchange`` carry that issuer and subject."""
+        ident = {"client_id": (client_id or str(uuid.uuid4())).lower(),
+                 "principal_id": (principal_id or str(uuid.uuid4())).lower(),
+                 "issuer": f"https://login.microsoftonline.com/{tenant_id.lower()}/v2.0"}
+        with self._lock:
+            self._identities[client_id.lower() if client_id else None] = ident
+        return {"issuer": ident["issuer"], "subject": ident["principal_id"], "audiences": [FEDERATED_AUDIENCE]}
+
+    def _h_identity_token(self, req: Request) -> Response:
+        """``GET /msi/token?api-version=2019-08-01&resource=...[&client_id=...]``."""
+        if not hmac.compare_digest((req.header("X-IDENTITY-HEADER") or "").encode(), self.identity_header.encode()):
+            return json_response({"statusCode": 401, "message": "Unauthorized: missing or wrong X-IDENTITY-HEADER"},
+                                 401)
+        if req.arg("api-version") != "2019-08-01":
+            return json_response({"statusCode": 400, "message": "api-version 2019-08-01 is required"}, 400)
+        resource = (req.arg("resource") or "").strip()
+        if not resource:
+            return json_response({"statusCode": 400, "message": "resource is required"}, 400)
+        client_id = (req.arg("client_id") or "").lower() or None
+        with self._lock:
+            ident = self._identities.get(client_id)
+            if ident is None and client_id is None and len(self._identities) == 1:
+                ident = next(iter(self._identities.values()))
+            self.identity_requests += 1
+        if ident is None:
+            return json_response({"statusCode": 400, "message": "No managed identity found for the requested "
+                                  "client id" if client_id else "No system-assigned managed identity"}, 400)
+        audience = resource[:-len("/.default")] if resource.endswith("/.default") else resource
+        lifetime = 3600
+        token = self.make_federated_assertion(ident["issuer"], ident["principal_id"], audience, lifetime)
+        return json_response({"access_token": token, "expires_on": str(int(time.time()) + lifetime),
+                              "resource": resource, "token_type": "Bearer", "client_id": ident["client_id"]})
+
     # ================================================================ routes
 
     def _register_routes(self) -> None:
@@ -1102,6 +1155,7 @@ class GraphSim(SimServer):
         r("GET", r"/(?P<tenant>[^/]+)/\.well-known/openid-configuration", self._h_oidc, flags=i)
         r("GET", r"/common/discovery/instance", self._h_instance_discovery, flags=i)
         r("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", self._h_token, flags=i)
+        r("GET", r"/msi/token", self._h_identity_token)
         # Graph
         user = r"/v1\.0/users/(?P<user>[^/]+)"
         folder = r"/mailfolders(?:/(?P<folder>[^/()']+)|\('(?P<folderq>[^']*)'\))"
@@ -2204,7 +2258,8 @@ class GraphSim(SimServer):
 
     def _h_reauthorize_sub(self, req: Request, ctx: _Ctx) -> Response:
         with self._lock:
-            self._own_sub(ctx, req.params["sub"])
+            sub = self._own_sub(ctx, req.params["sub"])
+            self.reauthorizations[sub.id] = self.reauthorizations.get(sub.id, 0) + 1
         return empty_response(204)
 
     def _live_sub(self, sub_id: str) -> _Sub | None:

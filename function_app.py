@@ -5,8 +5,10 @@ blueprint at cold start, and the webhook must answer Graph within its budget.
 """
 import azure.functions as func
 
-from functions import graph_webhook, mail_processor, manage
+from functions import (autoreply, graph_webhook, mail_processor, mailboxes, maintenance, manage, manage_messages,
+                       subscriptions)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (graph_webhook.bp, mail_processor.bp, manage.bp):
+for blueprint in (graph_webhook.bp, mail_processor.bp, manage.bp, autoreply.bp, mailboxes.bp, subscriptions.bp,
+                  maintenance.bp, manage_messages.bp):
     app.register_functions(blueprint)

@@ -159,8 +159,62 @@ param crmBackend string = 'table'
 @description('LIME_CRM_URL: https://<host>/<database> (crmBackend "lime").')
 param limeCrmUrl string = ''
 
+// Lime CRM schema names (crmBackend "lime"): the seed's names by default; docs/lime.md.
+@description('LIME_PROP_HELPDESK_NUMBER: helpdesk property holding the ticket number.')
+param limePropHelpdeskNumber string = 'helpdesknumber'
+
+@description('LIME_PROP_HELPDESK_STATUS: helpdesk status option property.')
+param limePropHelpdeskStatus string = 'helpdeskstatus'
+
+@description('LIME_STATUS_STARTED: option key of an open ticket.')
+param limeStatusStarted string = 'started'
+
+@description('LIME_STATUS_DONE: option key of a closed ticket.')
+param limeStatusDone string = 'done'
+
+@description('LIME_STATUS_PARKED: option key of a parked ticket.')
+param limeStatusParked string = 'parked'
+
+@description('LIME_HISTORY_TYPE_RECEIVED: history.type option key of a received mail.')
+param limeHistoryTypeReceived string = 'receivedemail'
+
+@description('LIME_HISTORY_TYPE_SENT: history.type option key of a sent autoreply.')
+param limeHistoryTypeSent string = 'sentemail'
+
+@description('LIME_HISTORY_TYPE_COMMENT: history.type option key of a comment.')
+param limeHistoryTypeComment string = 'comment'
+
+@description('LIME_KEY_PROPERTY: text property (40+ characters) on helpdesk, history, document and company holding the idempotency key. Without it creates are not idempotent (docs/lime.md).')
+param limeKeyProperty string = 'inboxkey'
+
+@description('LIME_PROP_MESSAGE_IDS: text property on helpdesk holding Message-IDs for threading; empty: subject tag only.')
+param limePropMessageIds string = 'inboxmessageids'
+
+@description('LIME_PROP_COMPANY_WEBSITE: company web site property matched against sender domains; empty: not used.')
+param limePropCompanyWebsite string = 'www'
+
+@description('LIME_PROP_COMPANY_EMAIL: company e-mail property matched against sender domains; empty: not used.')
+param limePropCompanyEmail string = 'email'
+
+@description('LIME_RATE_LIMIT_REQUESTS: Lime requests per window and worker process (Lime Cloud: 3000 per 5 minutes per IP, shared by all instances); 0: no client-side limit.')
+@minValue(0)
+param limeRateLimitRequests int = 3000
+
+@description('LIME_RATE_LIMIT_WINDOW_SECONDS: the window of LIME_RATE_LIMIT_REQUESTS.')
+@minValue(1)
+param limeRateLimitWindowSeconds int = 300
+
 @description('TRAML_BASE_URL: https://app.bwz.se/bedrock/<account>/api; empty disables autoreplies.')
 param tramlBaseUrl string = ''
+
+@description('AUTOREPLY_LIMIT_COUNT: at most this many autoreplies per recipient per window (loop and abuse limit).')
+@minValue(1)
+@maxValue(500)
+param autoreplyLimitCount int = 10
+
+@description('AUTOREPLY_LIMIT_WINDOW_MINUTES: the window of the per-recipient autoreply limit.')
+@minValue(1)
+param autoreplyLimitWindowMinutes int = 180
 
 @description('SWEEP_GRACE_SECONDS: the sweep leaves mail younger than this to its notification.')
 @minValue(0)
@@ -181,11 +235,49 @@ param customSelect string = ''
 @minValue(1)
 param ledgerRetentionDays int = 90
 
+// How a mail becomes CRM objects (README "Mail to CRM").
+@description('NOTE_FORMAT: history note of a mail, "html" (sanitised) or "text".')
+@allowed([
+  'html'
+  'text'
+])
+param noteFormat string = 'html'
+
+@description('NOTE_MAX_CHARS: longest history note (Lime: 4000); a longer mail is cut and kept whole as a document.')
+@minValue(500)
+param noteMaxChars int = 4000
+
+@description('TITLE_MAX_CHARS: longest ticket title (Lime: 128); a longer subject is cut and kept whole as a document.')
+@minValue(20)
+param titleMaxChars int = 128
+
+@description('ATTACHMENT_MAX_BYTES: per-file limit; larger attachments are skipped by their metadata, never downloaded.')
+@minValue(1)
+param attachmentMaxBytes int = 52428800
+
+@description('ATTACHMENTS_INLINE: inline parts stored as documents, "referenced" (shown in the body), "all" or "none".')
+@allowed([
+  'referenced'
+  'all'
+  'none'
+])
+param attachmentsInline string = 'referenced'
+
+@description('FREE_MAIL_DOMAINS: extra free-mail domains (comma-separated) that never match a company by domain.')
+param freeMailDomains string = ''
+
 @description('RENEW_SCHEDULE: NCRONTAB (six fields, UTC) of renew_subscriptions.')
 param renewSchedule string = '0 */30 * * * *'
 
 @description('SWEEP_SCHEDULE: NCRONTAB (six fields, UTC) of sweep_inbox.')
 param sweepSchedule string = '0 */10 * * * *'
+
+@description('SWEEP_MAX_PER_RUN: jobs one sweep run enqueues per mailbox at most (Graph budget).')
+@minValue(1)
+param sweepMaxPerRun int = 500
+
+@description('PURGE_SCHEDULE: NCRONTAB (six fields, UTC) of purge_retention.')
+param purgeSchedule string = '0 30 3 * * *'
 
 @description('Extra app settings merged last, e.g. {"AzureWebJobs.sweep_inbox.Disabled": "true"}.')
 param additionalAppSettings object = {}
@@ -348,19 +440,48 @@ var registryAppSettings = {
   CRM_BACKEND: crmBackend
   LIME_CRM_URL: limeCrmUrl
   TRAML_BASE_URL: tramlBaseUrl
+  AUTOREPLY_LIMIT_COUNT: string(autoreplyLimitCount)
+  AUTOREPLY_LIMIT_WINDOW_MINUTES: string(autoreplyLimitWindowMinutes)
   SWEEP_GRACE_SECONDS: string(sweepGraceSeconds)
   FAILED_RETRY_MAX_AGE_HOURS: string(failedRetryMaxAgeHours)
   SYNC_HISTORY_LENGTH: string(syncHistoryLength)
   CUSTOM_SELECT: customSelect
   LEDGER_RETENTION_DAYS: string(ledgerRetentionDays)
+  NOTE_FORMAT: noteFormat
+  NOTE_MAX_CHARS: string(noteMaxChars)
+  TITLE_MAX_CHARS: string(titleMaxChars)
+  ATTACHMENT_MAX_BYTES: string(attachmentMaxBytes)
+  ATTACHMENTS_INLINE: attachmentsInline
+  FREE_MAIL_DOMAINS: freeMailDomains
   GRAPH_MAILBOX_CONCURRENCY: string(graphMailboxConcurrency)
   // %RENEW_SCHEDULE% / %SWEEP_SCHEDULE%: the host fails indexing when they are missing.
   RENEW_SCHEDULE: renewSchedule
   SWEEP_SCHEDULE: sweepSchedule
+  SWEEP_MAX_PER_RUN: string(sweepMaxPerRun)
+  // %PURGE_SCHEDULE%: the retention purge timer.
+  PURGE_SCHEDULE: purgeSchedule
 }
 
 // Secrets reach the app only as Key Vault references. Optional ones stay empty when unused, so the
 // app never mistakes an unresolved "@Microsoft.KeyVault(...)" string for a key.
+// Lime CRM schema names and client-side rate limit (shared/adapters/crm_lime.py, docs/lime.md).
+var limeAppSettings = {
+  LIME_PROP_HELPDESK_NUMBER: limePropHelpdeskNumber
+  LIME_PROP_HELPDESK_STATUS: limePropHelpdeskStatus
+  LIME_STATUS_STARTED: limeStatusStarted
+  LIME_STATUS_DONE: limeStatusDone
+  LIME_STATUS_PARKED: limeStatusParked
+  LIME_HISTORY_TYPE_RECEIVED: limeHistoryTypeReceived
+  LIME_HISTORY_TYPE_SENT: limeHistoryTypeSent
+  LIME_HISTORY_TYPE_COMMENT: limeHistoryTypeComment
+  LIME_KEY_PROPERTY: limeKeyProperty
+  LIME_PROP_MESSAGE_IDS: limePropMessageIds
+  LIME_PROP_COMPANY_WEBSITE: limePropCompanyWebsite
+  LIME_PROP_COMPANY_EMAIL: limePropCompanyEmail
+  LIME_RATE_LIMIT_REQUESTS: string(limeRateLimitRequests)
+  LIME_RATE_LIMIT_WINDOW_SECONDS: string(limeRateLimitWindowSeconds)
+}
+
 var secretAppSettings = {
   CLIENT_STATE_KEYS: keyVaultReference(vault.outputs.uri, secretNames.clientStateKeys)
   WEBHOOK_KEY: keyVaultReference(vault.outputs.uri, secretNames.webhookKey)
@@ -389,7 +510,7 @@ module functionApp 'app/function-app.bicep' = {
     vaultUri: vault.outputs.uri
     graphClients: graphClients
     publicBaseUrl: publicBaseUrl
-    appSettings: union(registryAppSettings, secretAppSettings)
+    appSettings: union(registryAppSettings, limeAppSettings, secretAppSettings)
     additionalAppSettings: additionalAppSettings
     subnetId: subnetId
     enableAuth: enableAuth

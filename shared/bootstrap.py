@@ -10,6 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 from .adapters.graph import GraphAdapter, GraphClients
@@ -22,11 +23,12 @@ from .config import QUEUE_AUTOREPLIES, QUEUE_LIFECYCLE, QUEUE_MESSAGES, Settings
 from .domain.clientstate import ClientStateSigner
 from .services.mailboxes import MailboxService
 from .services.process import MessageProcessor, ProcessDeps
+from .services.recovery import QUEUE_RECOVERY
 
 log = logging.getLogger("inbox.bootstrap")
 
 TABLES = ("mailboxes", "subscriptions", "ledger", "synclog", "recoverytasks", "ratelimits")
-QUEUES = (QUEUE_MESSAGES, QUEUE_AUTOREPLIES, QUEUE_LIFECYCLE)
+QUEUES = (QUEUE_MESSAGES, QUEUE_AUTOREPLIES, QUEUE_LIFECYCLE, QUEUE_RECOVERY)
 
 
 class SystemClock:
@@ -71,11 +73,97 @@ class Services:
     async def own_addresses(self) -> frozenset[str]:
         return frozenset(m.address.lower() for m in await self.registry.list())
 
+    # failed and unprocessed mail (issue 4): built on first use --------------------------------
+    @cached_property
+    def recovery_store(self) -> Any:
+        from .adapters.recovery_table import TableRecoveryStore
+        return TableRecoveryStore(self.account)
+
+    @cached_property
+    def sweep_state(self) -> Any:
+        from .adapters.recovery_table import SweepStateStore
+        return SweepStateStore(self.account)
+
+    @cached_property
+    def failures(self) -> Any:
+        from .services.failures import FailureService
+        return FailureService(self.registry, self.ledger, self.graph, self.clock)
+
+    @cached_property
+    def recovery(self) -> Any:
+        from .services.recovery import RecoveryDeps, RecoveryService
+        from .services.sweep import deps_from
+        return RecoveryService(RecoveryDeps(registry=self.registry, ledger=self.ledger, queue=self.queue,
+                                            clock=self.clock, store=self.recovery_store, sweep=deps_from(self)))
+
+    @cached_property
+    def status_deps(self) -> Any:
+        from .services.status import StatusDeps
+        return StatusDeps(registry=self.registry, ledger=self.ledger, subscriptions=self.subscriptions,
+                          mail=self.graph, clock=self.clock, sweep_state=self.sweep_state)
+
+    @cached_property
+    def privacy(self) -> Any:
+        from .adapters.recovery_table import TimestampPurger
+        from .services.privacy import PrivacyDeps, PrivacyService
+        autoreplies = getattr(self.autoreplies, "d", None)
+        erasers = [(name, getattr(autoreplies, attr, None)) for name, attr in
+                   (("autoreply_claims", "store"), ("autoreply_rate_limits", "limiter"))]
+        return PrivacyService(PrivacyDeps(
+            clock=self.clock, retention_days=self.settings.ledger_retention_days, ledger=self.ledger,
+            recovery=self.recovery_store, synclog=TimestampPurger(self.account, "synclog"),
+            erasers=[(n, h) for n, h in erasers if h is not None]))
+
+    @cached_property
+    def synclog(self) -> Any:
+        from .adapters.synclog_table import TableSyncLog
+        return TableSyncLog(self.account)
+
+    @cached_property
+    def subscription_sync(self) -> Any:
+        """Create, renew, recreate and clean up subscriptions; handle lifecycle events."""
+        from .services.subscriptions import SubscriptionDeps, SubscriptionService
+        s = self.settings
+        return SubscriptionService(SubscriptionDeps(
+            registry=self.registry, store=self.subscriptions, graph=self.graph, signer=self.signer,
+            clock=self.clock, public_base_url=s.public_base_url, webhook_key=s.webhook_key,
+            clients=tuple(s.graph_clients), synclog=self.synclog, history_length=s.sync_history_length,
+            sweep=self.sweep_mailbox))
+
+    @cached_property
+    def clients(self) -> Any:
+        """The Graph clients as the manage API lists and validates them (never their secrets)."""
+        from .services.clients import ClientService
+        s = self.settings
+        return ClientService(s.graph_clients, self.registry, self.graph, self.clock,
+                             lambda name: bool(s.secret(name)), self.synclog)
+
+    async def sweep_mailbox(self, mailbox: Any, reason: str) -> Any:
+        """Sweep one mailbox's Inbox now (lifecycle `missed`, `subscriptionRemoved`): issue 4's sweep."""
+        sweeper = _sweeper(self)
+        if sweeper is None:
+            log.warning("sweep.unavailable mailbox=%s reason=%s", mailbox.id, reason)
+            return None
+        return await sweeper(mailbox, reason)
+
+    @cached_property
+    def autoreplies(self) -> Any:
+        """The autoreply use case (TRAML client, claim rows, per-recipient limits), built on first use."""
+        from .adapters.autoreply_state import TableAutoreplyStore, TableRateLimiter
+        from .adapters.traml import TramlClient
+        from .services.autoreply import AutoreplyDeps, AutoreplyService, limits_from_settings
+        count, minutes = limits_from_settings(self.settings)
+        return AutoreplyService(AutoreplyDeps(
+            registry=self.registry, ledger=self.ledger, crm=self.crm, queue=self.queue, clock=self.clock,
+            traml=TramlClient.from_settings(self.settings), store=TableAutoreplyStore(self.account, self.clock),
+            limiter=TableRateLimiter(self.account, count, minutes),
+            limit_description=f"{count} per {minutes} minutes"))
+
 
 def _build_crm(settings: Settings, account: StorageAccount) -> Any:
     if settings.crm_backend == "lime":
-        from .adapters.crm_lime import LimeCrm  # written by the mail-to-CRM issue
-        return LimeCrm.from_settings(settings)
+        from .adapters.crm_lime import LimeCrm
+        return LimeCrm.from_settings(settings, account=account)  # its create locks live in our storage
     from .adapters.crm_table import TableCrm
     return TableCrm(account)
 
@@ -97,10 +185,34 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
                         processor=None, mailboxes=None)  # type: ignore[arg-type]
     services.processor = MessageProcessor(ProcessDeps(
         registry=registry, ledger=ledger, mail=graph, crm=crm, queue=queue, clock=clock,
-        own_addresses=services.own_addresses))
-    services.mailboxes = MailboxService(registry, graph, signer, clock, settings.public_base_url,
-                                        settings.webhook_key, subscriptions)
+        rules=settings.mail_rules, own_addresses=services.own_addresses,
+        on_failed=lambda mailbox, entry: services.failures.record_permanent(mailbox, entry)))
+    services.mailboxes = MailboxService(registry, graph, clock, settings.graph_clients, services.subscription_sync,
+                                        subscriptions)
     return services
+
+
+def _sweeper(svc: Services) -> Any:
+    """Issue 4's per-mailbox sweep (shared/services/sweep.py), when that module is present."""
+    try:
+        from .services.sweep import sweep_mailbox
+    except ImportError:
+        return None
+
+    async def run(mailbox: Any, reason: str) -> Any:
+        return await sweep_mailbox(svc, mailbox, source="sweep")
+    return run
+
+
+_overrides: dict[str, Any] = {}
+
+
+def override(**parts: Any) -> None:
+    """Tests: build the worker's services with these parts (e.g. a clock that reads the Graph
+    simulator's movable clock) until reset().  Forgets the current services."""
+    global _current
+    _overrides.update(parts)
+    _current = None
 
 
 _current: Services | None = None
@@ -114,7 +226,7 @@ def services() -> Services:
     except RuntimeError:
         loop = None
     if _current is None or (loop is not None and _current.loop is not None and _current.loop is not loop):
-        _current = build_services()
+        _current = build_services(**_overrides)
         _current.loop = loop
     elif _current.loop is None:
         _current.loop = loop
@@ -122,6 +234,7 @@ def services() -> Services:
 
 
 def reset() -> None:
-    """Forget the cached services (tests; settings changed)."""
+    """Forget the cached services and any test overrides (tests; settings changed)."""
     global _current
     _current = None
+    _overrides.clear()

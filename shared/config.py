@@ -31,6 +31,45 @@ class ConfigError(ValueError):
     """Raised when settings are missing or malformed; the message names every problem."""
 
 
+NOTE_FORMATS = ("html", "text")
+INLINE_MODES = ("referenced", "all", "none")
+
+
+@dataclass(frozen=True)
+class MailRules:
+    """How a mail becomes CRM objects (NOTE_*, TITLE_MAX_CHARS, ATTACHMENT*, FREE_MAIL_DOMAINS)."""
+    note_format: str = "html"
+    note_max_chars: int = 4000
+    title_max_chars: int = 128
+    attachment_max_bytes: int = 50 * 1024 * 1024
+    attachments_inline: str = "referenced"
+    free_mail_domains: tuple[str, ...] = ()
+
+
+def _mail_rules(env: Mapping[str, str], problems: list[str]) -> MailRules:
+    note_format = (env.get("NOTE_FORMAT") or "html").strip().lower()
+    if note_format not in NOTE_FORMATS:
+        problems.append(f"NOTE_FORMAT must be one of {', '.join(NOTE_FORMATS)}, got {note_format!r}")
+        note_format = "html"
+    inline = (env.get("ATTACHMENTS_INLINE") or "referenced").strip().lower()
+    if inline not in INLINE_MODES:
+        problems.append(f"ATTACHMENTS_INLINE must be one of {', '.join(INLINE_MODES)}, got {inline!r}")
+        inline = "referenced"
+    domains = tuple(d.strip().lower().lstrip("@") for d in (env.get("FREE_MAIL_DOMAINS") or "").split(",")
+                    if d.strip())
+    bad = [d for d in domains if "." not in d or " " in d]
+    if bad:
+        problems.append(f"FREE_MAIL_DOMAINS holds something that is not a domain: {', '.join(bad)}")
+    return MailRules(
+        note_format=note_format,
+        note_max_chars=_int(env, "NOTE_MAX_CHARS", problems, minimum=500),
+        title_max_chars=_int(env, "TITLE_MAX_CHARS", problems, minimum=20),
+        attachment_max_bytes=_int(env, "ATTACHMENT_MAX_BYTES", problems, minimum=1),
+        attachments_inline=inline,
+        free_mail_domains=domains,
+    )
+
+
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
@@ -79,6 +118,50 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Concurrent Graph requests per mailbox in one worker (Graph allows 4 per app and mailbox)."),
     SettingSpec("RENEW_SCHEDULE", "0 */30 * * * *", False, "host", "NCRONTAB of renew_subscriptions."),
     SettingSpec("SWEEP_SCHEDULE", "0 */10 * * * *", False, "host", "NCRONTAB of sweep_inbox."),
+    SettingSpec("NOTE_FORMAT", "html", False, "app",
+                "History note of a mail: 'html' (sanitised) or 'text' (better for Lime's desktop client)."),
+    SettingSpec("NOTE_MAX_CHARS", "4000", False, "app",
+                "Longest history note (Lime: 4,000); a longer mail is cut and kept whole as a document."),
+    SettingSpec("TITLE_MAX_CHARS", "128", False, "app",
+                "Longest ticket title (Lime: 128); a longer subject is cut and kept whole as a document."),
+    SettingSpec("ATTACHMENT_MAX_BYTES", "52428800", False, "app",
+                "Per-file limit: larger attachments are skipped by their metadata, never downloaded."),
+    SettingSpec("ATTACHMENTS_INLINE", "referenced", False, "app",
+                "Inline parts stored as documents: 'referenced' (shown in the body), 'all' or 'none'."),
+    SettingSpec("FREE_MAIL_DOMAINS", "", False, "app",
+                "Extra free-mail domains (comma-separated) that never match a company by domain."),
+    SettingSpec("SWEEP_MAX_PER_RUN", "500", False, "app",
+                "Jobs one sweep run enqueues per mailbox at most (~5 Graph requests each, of Graph's "
+                "10,000 per 10 minutes per mailbox)."),
+    SettingSpec("PURGE_SCHEDULE", "0 30 3 * * *", False, "host",
+                "NCRONTAB of purge_retention (LEDGER_RETENTION_DAYS)."),
+    SettingSpec("AUTOREPLY_LIMIT_COUNT", "10", False, "app",
+                "At most this many autoreplies to one recipient per window (loop and abuse guard; 1-500)."),
+    SettingSpec("AUTOREPLY_LIMIT_WINDOW_MINUTES", "180", False, "app",
+                "The sliding window of AUTOREPLY_LIMIT_COUNT, in minutes."),
+    # Lime CRM (CRM_BACKEND=lime): names in the customer's helpdesk model, the seed's by default (docs/lime.md).
+    SettingSpec("LIME_PROP_HELPDESK_NUMBER", "helpdesknumber", False, "app",
+                "Lime helpdesk property holding the ticket number (set by the solution on save)."),
+    SettingSpec("LIME_PROP_HELPDESK_STATUS", "helpdeskstatus", False, "app", "Lime helpdesk status option property."),
+    SettingSpec("LIME_STATUS_STARTED", "started", False, "app", "Option key of an open (new or reopened) ticket."),
+    SettingSpec("LIME_STATUS_DONE", "done", False, "app", "Option key of a closed ticket."),
+    SettingSpec("LIME_STATUS_PARKED", "parked", False, "app", "Option key of a parked ticket."),
+    SettingSpec("LIME_HISTORY_TYPE_RECEIVED", "receivedemail", False, "app",
+                "history.type option key of a received mail."),
+    SettingSpec("LIME_HISTORY_TYPE_SENT", "sentemail", False, "app", "history.type option key of a sent autoreply."),
+    SettingSpec("LIME_HISTORY_TYPE_COMMENT", "comment", False, "app", "history.type option key of a comment."),
+    SettingSpec("LIME_KEY_PROPERTY", "inboxkey", False, "app",
+                "Text property (40+ characters) on helpdesk, history, document and company holding the "
+                "idempotency key; empty or missing: creates are not idempotent (docs/lime.md)."),
+    SettingSpec("LIME_PROP_MESSAGE_IDS", "inboxmessageids", False, "app",
+                "Text property on helpdesk holding the tickets' Message-IDs for threading; empty: subject tag only."),
+    SettingSpec("LIME_PROP_COMPANY_WEBSITE", "www", False, "app",
+                "Company property with the web site, matched against sender domains; empty: not used."),
+    SettingSpec("LIME_PROP_COMPANY_EMAIL", "email", False, "app",
+                "Company property with an e-mail address, matched against sender domains; empty: not used."),
+    SettingSpec("LIME_RATE_LIMIT_REQUESTS", "3000", False, "app",
+                "Lime requests per window and worker (Lime Cloud allows 3000 per 5 minutes per IP); 0: no limit."),
+    SettingSpec("LIME_RATE_LIMIT_WINDOW_SECONDS", "300", False, "app", "The window of LIME_RATE_LIMIT_REQUESTS."),
 )
 
 _SPEC = {s.name: s for s in SETTINGS}
@@ -193,7 +276,9 @@ class Settings:
     custom_select: tuple[str, ...]
     ledger_retention_days: int
     graph_mailbox_concurrency: int
+    mail_rules: MailRules
     env: Mapping[str, str] = field(repr=False, compare=False)
+    sweep_max_per_run: int = 500
 
     @property
     def authority_is_microsoft(self) -> bool:
@@ -253,7 +338,9 @@ class Settings:
             custom_select=tuple(s.strip() for s in env.get("CUSTOM_SELECT", "").split(",") if s.strip()),
             ledger_retention_days=_int(env, "LEDGER_RETENTION_DAYS", problems, minimum=1),
             graph_mailbox_concurrency=_int(env, "GRAPH_MAILBOX_CONCURRENCY", problems, minimum=1),
+            mail_rules=_mail_rules(env, problems),
             env=env,
+            sweep_max_per_run=_int(env, "SWEEP_MAX_PER_RUN", problems, minimum=1),
         )
         if problems:
             raise ConfigError("Invalid settings: " + "; ".join(problems))

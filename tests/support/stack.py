@@ -41,6 +41,7 @@ def app_settings(connection: str, graph: GraphSim, public_url: str, **extra: str
         "CRM_BACKEND": "table",
         "RENEW_SCHEDULE": "0 */30 * * * *",
         "SWEEP_SCHEDULE": "0 */10 * * * *",
+        "PURGE_SCHEDULE": "0 30 3 * * *",
         **extra,
     }
 

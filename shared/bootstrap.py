@@ -112,7 +112,10 @@ class Services:
         return PrivacyService(PrivacyDeps(
             clock=self.clock, retention_days=self.settings.ledger_retention_days, ledger=self.ledger,
             recovery=self.recovery_store, synclog=TimestampPurger(self.account, "synclog"),
-            erasers=[(n, h) for n, h in erasers if h is not None]))
+            erasers=[(n, h) for n, h in erasers if h is not None],
+            purgers=[("autoreply_claims", lambda now, cutoff: autoreplies.store.purge(cutoff)),
+                     ("autoreply_rate_limits", lambda now, cutoff: autoreplies.limiter.purge(now))]
+            if autoreplies is not None else []))
 
     @cached_property
     def synclog(self) -> Any:

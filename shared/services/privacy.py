@@ -48,6 +48,8 @@ class PrivacyDeps:
     synclog: Any = None  # TimestampPurger of the sync log table
     # (name, holder) pairs of other features' stores; a holder without erase_address is reported
     erasers: list[tuple[str, Any]] = field(default_factory=list)
+    # (name, purge(now, cutoff) -> rows) of other features' stores that expire with the ledger
+    purgers: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class PrivacyService:
@@ -66,6 +68,8 @@ class PrivacyService:
             result["recovery_rows"] += await d.recovery.delete(task)
         if d.synclog is not None:
             result["synclog_rows"] = await d.synclog.purge(cutoff)
+        for name, purge in d.purgers:
+            result[f"{name}_rows"] = int(await purge(now, cutoff))
         log.info("privacy.purged cutoff=%s %s", cutoff.date().isoformat(),
                  " ".join(f"{k}={v}" for k, v in sorted(result.items())))
         return result

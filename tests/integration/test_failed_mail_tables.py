@@ -142,7 +142,8 @@ async def test_recovery_tasks_list_newest_first_per_mailbox_and_guard_their_writ
     await store.save(first)
     with pytest.raises(LeaseHeld):
         await store.save(stale)
-    await store.put_items(ids[0], [RecoveryItem("box-a", f"m{i}", "queued", correlation_id=f"c{i}") for i in range(150)])
+    await store.put_items(ids[0], [RecoveryItem("box-a", f"m{i}", "queued", correlation_id=f"c{i}")
+                                   for i in range(150)])
     items = await store.items(ids[0])
     assert len(items) == 150 and {i.correlation_id for i in items} == {f"c{i}" for i in range(150)}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
 from azure.core import MatchConditions
@@ -30,22 +30,15 @@ from ..domain.errors import TransientError
 from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
 from .errors import raise_storage
-from .keys import exact_hash, key_hash
+from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount
 
 PARTITION = "autoreply"
 INDEX_PREFIX = "autoreply-s-"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INVERT = 10 ** 12  # milliseconds; inverted so the newest sort first
 
 
-def _dt(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return None if value <= _EPOCH else value
-    return datetime.fromisoformat(str(value))
+_dt = table_time
 
 
 def ticket_key(ticket_id: str) -> str:

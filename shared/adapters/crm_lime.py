@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json as jsonlib
 import logging
 import os
@@ -59,6 +58,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .http_util import parse_retry_after
 from ..config import SETTINGS, ConfigError, Settings
 from ..domain.errors import PermanentError, TransientError
 from ..domain.matching import website_domain
@@ -163,21 +163,7 @@ class AmbiguousWrite(TransientError):
     """A write may or may not have been committed (no answer, 500/502/504)."""
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+_retry_after = parse_retry_after
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -25,7 +25,7 @@ from ..domain.errors import LeaseHeld, TransientError
 from ..domain.model import FAILED, FINISHED, PROCESSED, PROCESSING, SKIPPED, LedgerEntry
 from ..ports import Clock
 from .errors import raise_storage
-from .keys import exact_hash, key_hash
+from .keys import exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount
 
 log = logging.getLogger("inbox.ledger")
@@ -51,12 +51,7 @@ def _index_rk(mailbox_id: str, message_id: str) -> str:
     return f"{key_hash(mailbox_id, 32)}-{exact_hash(message_id)}"
 
 
-def _dt(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value))
+_dt = table_time
 
 
 class TableLedger:
@@ -260,7 +255,8 @@ class TableLedger:
                     "received_at": entry.received_at or "", "attempts": entry.attempts,
                     "last_error": entry.last_error[:2000], "skip_reason": entry.skip_reason[:1000],
                     "updated_at": entry.updated_at, "correlation_id": entry.correlation_id,
-                    "created_at": entry.created_at, "retry_at": str(entry.data.get("retry_at") or ""), "retries": int(entry.data.get("retries") or 0),
+                    "created_at": entry.created_at, "retry_at": str(entry.data.get("retry_at") or ""),
+                    "retries": int(entry.data.get("retries") or 0),
                     "category": str(entry.data.get("category") or ""),
                     "permanent": bool(entry.data.get("permanent")),
                 }, mode="replace")

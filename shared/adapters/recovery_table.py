@@ -14,7 +14,7 @@ Task rows are ETag-guarded; item rows are written in transactions of up to 100.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable
 
 from azure.core import MatchConditions
@@ -24,21 +24,14 @@ from ..domain.errors import LeaseHeld
 from ..services.recovery import RecoveryItem, RecoveryTask
 from ..services.sweep import SweepReport
 from .errors import raise_storage
-from .keys import exact_hash, key_hash
+from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount
 
 TASKS = "task"
 SWEEP = "sweep"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _dt(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return None if value <= _EPOCH else value
-    return datetime.fromisoformat(str(value))
+_dt = table_time
 
 
 def _mbx(mailbox_id: str) -> str:

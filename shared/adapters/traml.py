@@ -21,16 +21,15 @@ The API key is sent only as the `apikey` header and never appears in logs, error
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import html
 import logging
 import random
 import time
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import httpx
 
+from .http_util import parse_retry_after
 from ..config import Settings
 from ..domain.errors import PermanentError, TransientError
 from ..services.autoreply import DeliveryUnknown, MailRejected, TemplateMail, TemplateNotFound, redact
@@ -42,21 +41,7 @@ USER_AGENT = "inbox-functions/1 (+traml)"
 AMBIGUOUS_STATUSES = (504,)
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+_retry_after = parse_retry_after
 
 
 def _error_parts(response: httpx.Response) -> tuple[str, list[dict[str, str]]]:

@@ -9,6 +9,7 @@ import logging
 import azure.functions as func
 
 from functions.http_util import error, json_response
+from shared import telemetry
 from shared.bootstrap import services
 from shared.config import QUEUE_AUTOREPLIES
 from shared.domain import envelope
@@ -29,7 +30,8 @@ async def send_autoreply(msg: func.QueueMessage) -> None:
         return
     svc = await services().ready()
     # Transient errors propagate: the host retries, then moves the job to inbox-autoreplies-poison.
-    await svc.autoreplies.send(job)
+    with telemetry.job_scope(job, "send_autoreply"):
+        await svc.autoreplies.send(job)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=QUEUE_AUTOREPLIES + "-poison", connection="AzureWebJobsStorage")
@@ -41,7 +43,8 @@ async def autoreply_failed(msg: func.QueueMessage) -> None:
         return
     svc = await services().ready()
     # Failed (or Uncertain if a send was claimed) for the autoreply only: the ticket stays as it is.
-    await svc.autoreplies.record_poisoned(job, getattr(msg, "dequeue_count", 0) or 0)
+    with telemetry.job_scope(job, "autoreply_failed"):
+        await svc.autoreplies.record_poisoned(job, getattr(msg, "dequeue_count", 0) or 0)
 
 
 @bp.route(route="manage/autoreplies", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

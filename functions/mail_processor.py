@@ -5,6 +5,7 @@ import logging
 
 import azure.functions as func
 
+from shared import telemetry
 from shared.bootstrap import services
 from shared.config import QUEUE_MESSAGES
 from shared.domain import envelope
@@ -26,4 +27,5 @@ async def process_message(msg: func.QueueMessage) -> None:
     svc = await services().ready()
     # Transient errors propagate: the host makes the message visible again and, after
     # maxDequeueCount attempts, moves it to inbox-messages-poison.
-    await svc.processor.run(job, getattr(msg, "dequeue_count", 1) or 1)
+    with telemetry.job_scope(job, "process_message"):  # the mail's correlation id on every log line and span
+        await svc.processor.run(job, getattr(msg, "dequeue_count", 1) or 1)

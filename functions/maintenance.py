@@ -6,6 +6,7 @@ import logging
 
 import azure.functions as func
 
+from shared import telemetry
 from shared.bootstrap import services
 from shared.config import QUEUE_MESSAGES
 from shared.domain import envelope
@@ -27,7 +28,8 @@ async def message_failed(msg: func.QueueMessage) -> None:
         return
     svc = await services().ready()
     # Failed first (Storage trouble raises: the poison queue retries), then the category, best effort.
-    await svc.failures.record_poisoned(job, getattr(msg, "dequeue_count", 0) or 0)
+    with telemetry.job_scope(job, "message_failed"):
+        await svc.failures.record_poisoned(job, getattr(msg, "dequeue_count", 0) or 0)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%")

@@ -15,7 +15,8 @@ from shared.bootstrap import services
 from shared.domain.errors import TransientError
 from shared.services.privacy import PrivacyRequestError
 from shared.services.recovery import RecoveryNotFound, RecoveryRequestError, parse_since
-from shared.services.status import ListRequestError, dashboard_html, inbox_status, list_messages, message_detail
+from shared.services.status import ListRequestError, dashboard_html, inbox_status, list_messages
+from shared.services.steps import message_steps_of
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.manage")
@@ -60,7 +61,8 @@ async def manage_messages_recover(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="manage/messages/{message_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def manage_message(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    doc = await message_detail(svc.status_deps, req.route_params.get("message_id", ""), req.params.get("mailbox"))
+    # its steps with times and outcomes, correlation ids, decision, ticket link, autoreply (services/steps.py)
+    doc = await message_steps_of(svc, req.route_params.get("message_id", ""), req.params.get("mailbox"))
     return json_response(doc) if doc else error(404, "no record of this mail (not processed, failed or queued yet)")
 
 

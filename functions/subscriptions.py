@@ -11,7 +11,7 @@ import azure.functions as func
 
 from functions.http_util import error, json_response
 from shared.bootstrap import services
-from shared.config import QUEUE_LIFECYCLE
+from shared.config import QUEUE_LIFECYCLE, ConfigError
 from shared.domain import envelope
 from shared.domain.envelope import LifecycleJob
 from shared.domain.errors import MalformedEnvelope
@@ -65,7 +65,10 @@ async def manage_clients(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="manage/clients/{name}/validate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def manage_client_validate(req: func.HttpRequest) -> func.HttpResponse:
-    svc = await services().ready()
+    try:
+        svc = await services().ready()
+    except ConfigError as exc:  # e.g. OUTBOUND_CA_BUNDLE missing: say so here, not just in the host log
+        return error(500, str(exc), reason="settings")
     try:
         result = await svc.clients.validate(req.route_params.get("name", ""), req.params.get("mailbox"))
     except ClientNotFound as exc:

@@ -231,6 +231,9 @@ param syncHistoryLength int = 50
 @description('CUSTOM_SELECT: extra Graph message properties, comma-separated.')
 param customSelect string = ''
 
+@description('PROCESSING_EXTENSION: package.module:function shipped with the app, called before the CRM writes (docs/extensions.md). Empty: the default policy only.')
+param processingExtension string = ''
+
 @description('LEDGER_RETENTION_DAYS: ledger rows, tasks and logs older than this are purged.')
 @minValue(1)
 param ledgerRetentionDays int = 90
@@ -446,6 +449,7 @@ var registryAppSettings = {
   FAILED_RETRY_MAX_AGE_HOURS: string(failedRetryMaxAgeHours)
   SYNC_HISTORY_LENGTH: string(syncHistoryLength)
   CUSTOM_SELECT: customSelect
+  PROCESSING_EXTENSION: processingExtension
   LEDGER_RETENTION_DAYS: string(ledgerRetentionDays)
   NOTE_FORMAT: noteFormat
   NOTE_MAX_CHARS: string(noteMaxChars)

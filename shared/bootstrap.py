@@ -13,14 +13,16 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
+from . import telemetry
 from .adapters.graph import GraphAdapter, GraphClients
 from .adapters.ledger_table import TableLedger
 from .adapters.mailboxes_table import TableMailboxRegistry
 from .adapters.queues import StorageJobQueue
 from .adapters.storage_clients import StorageAccount
 from .adapters.subscriptions_table import TableSubscriptionStore
-from .config import QUEUE_AUTOREPLIES, QUEUE_LIFECYCLE, QUEUE_MESSAGES, Settings
+from .config import QUEUE_AUTOREPLIES, QUEUE_LIFECYCLE, QUEUE_MESSAGES, ConfigError, Settings
 from .domain.clientstate import ClientStateSigner
+from .services.extension import load_extension
 from .services.mailboxes import MailboxService
 from .services.process import MessageProcessor, ProcessDeps
 from .services.recovery import QUEUE_RECOVERY
@@ -173,6 +175,9 @@ def _build_crm(settings: Settings, account: StorageAccount) -> Any:
 
 def build_services(settings: Settings | None = None, **overrides: Any) -> Services:
     settings = settings or Settings.from_env()
+    telemetry.configure(settings)  # once per worker, only with APPLICATIONINSIGHTS_CONNECTION_STRING
+    # PROCESSING_EXTENSION, imported once per worker: a missing module or function fails here, at startup
+    extension = overrides["extension"] if "extension" in overrides else load_extension(settings.processing_extension)
     account = overrides.get("account") or StorageAccount(settings.storage_connection, settings.env)
     clock = overrides.get("clock") or SystemClock()
     signer = ClientStateSigner(settings.client_state_keys)
@@ -189,7 +194,7 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
     services.processor = MessageProcessor(ProcessDeps(
         registry=registry, ledger=ledger, mail=graph, crm=crm, queue=queue, clock=clock,
         rules=settings.mail_rules, own_addresses=services.own_addresses,
-        on_failed=lambda mailbox, entry: services.failures.record_permanent(mailbox, entry)))
+        on_failed=lambda mailbox, entry: services.failures.record_permanent(mailbox, entry), extension=extension))
     services.mailboxes = MailboxService(registry, graph, clock, settings.graph_clients, services.subscription_sync,
                                         subscriptions)
     return services
@@ -208,6 +213,16 @@ def _sweeper(svc: Services) -> Any:
 
 
 _overrides: dict[str, Any] = {}
+_reported: set[str] = set()
+
+
+def _report_startup_error(exc: ConfigError) -> None:
+    """The settings (or the processing extension) are wrong: every function fails until they are
+    fixed. Say why once per worker, on one line (ConfigError messages name settings, never secrets)."""
+    message = str(exc)
+    if message not in _reported:
+        _reported.add(message)
+        log.error("startup.config-invalid error=%s", message)
 
 
 def override(**parts: Any) -> None:
@@ -229,7 +244,11 @@ def services() -> Services:
     except RuntimeError:
         loop = None
     if _current is None or (loop is not None and _current.loop is not None and _current.loop is not loop):
-        _current = build_services(**_overrides)
+        try:
+            _current = build_services(**_overrides)
+        except ConfigError as exc:
+            _report_startup_error(exc)
+            raise
         _current.loop = loop
     elif _current.loop is None:
         _current.loop = loop

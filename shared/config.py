@@ -162,6 +162,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("LIME_RATE_LIMIT_REQUESTS", "3000", False, "app",
                 "Lime requests per window and worker (Lime Cloud allows 3000 per 5 minutes per IP); 0: no limit."),
     SettingSpec("LIME_RATE_LIMIT_WINDOW_SECONDS", "300", False, "app", "The window of LIME_RATE_LIMIT_REQUESTS."),
+    # Customisation and observability (docs/extensions.md; README "One trace per mail").
+    SettingSpec("PROCESSING_EXTENSION", "", False, "app",
+                "'package.module:function' shipped with the app, called with (mail, decision, change) before the "
+                "CRM writes; empty: the default policy only."),
+    SettingSpec("APPLICATIONINSIGHTS_CONNECTION_STRING", "", False, "app",
+                "Application Insights connection string; set: traces, logs and metrics are exported through the "
+                "Azure Monitor OpenTelemetry distribution."),
+    SettingSpec("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "", False, "app",
+                "'Authorization=AAD;ClientId=<managed identity client id>': export with an Entra token."),
 )
 
 _SPEC = {s.name: s for s in SETTINGS}
@@ -243,6 +252,22 @@ def parse_client_state_keys(raw: str) -> dict[int, bytes]:
     return keys
 
 
+EXTENSION_SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def ca_bundle_problem(path: str) -> str:
+    """Why the CA bundle at `path` cannot be used ('' when it can): missing, unreadable, or no PEM
+    certificate in it. Reads the file; names the path, never its content."""
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        return f"OUTBOUND_CA_BUNDLE names {path!r}, which does not exist or is not readable"
+    import ssl
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        return f"OUTBOUND_CA_BUNDLE {path!r} is not a PEM bundle of CA certificates ({type(exc).__name__})"
+    return ""
+
+
 def _int(env: Mapping[str, str], name: str, problems: list[str], minimum: int = 0) -> int:
     raw = env.get(name) or _SPEC[name].default or "0"
     try:
@@ -279,6 +304,9 @@ class Settings:
     mail_rules: MailRules
     env: Mapping[str, str] = field(repr=False, compare=False)
     sweep_max_per_run: int = 500
+    processing_extension: str = ""
+    appinsights_connection_string: str = field(default="", repr=False)
+    appinsights_authentication_string: str = field(default="", repr=False)
 
     @property
     def authority_is_microsoft(self) -> bool:
@@ -315,8 +343,11 @@ class Settings:
                 if not env.get(name):
                     problems.append(f"{name} is required when CRM_BACKEND=lime")
         ca_bundle = env.get("OUTBOUND_CA_BUNDLE", "")
-        if ca_bundle and not os.access(ca_bundle, os.R_OK):
-            problems.append(f"OUTBOUND_CA_BUNDLE names {ca_bundle!r}, which does not exist or is not readable")
+        if ca_bundle and ca_bundle_problem(ca_bundle):
+            problems.append(ca_bundle_problem(ca_bundle))
+        extension = (env.get("PROCESSING_EXTENSION") or "").strip()
+        if extension and not EXTENSION_SPEC.match(extension):
+            problems.append(f"PROCESSING_EXTENSION must look like 'package.module:function', got {extension!r}")
         settings = cls(
             storage_connection=storage,
             graph_clients=clients,
@@ -341,6 +372,9 @@ class Settings:
             mail_rules=_mail_rules(env, problems),
             env=env,
             sweep_max_per_run=_int(env, "SWEEP_MAX_PER_RUN", problems, minimum=1),
+            processing_extension=extension,
+            appinsights_connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip(),
+            appinsights_authentication_string=(env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or "").strip(),
         )
         if problems:
             raise ConfigError("Invalid settings: " + "; ".join(problems))

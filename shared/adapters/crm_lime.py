@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json as jsonlib
 import logging
-import os
 import random
 import re
 import ssl
@@ -58,7 +57,9 @@ from urllib.parse import quote
 
 import httpx
 
+from . import tls
 from .http_util import parse_retry_after
+from .. import telemetry
 from ..config import SETTINGS, ConfigError, Settings
 from ..domain.errors import PermanentError, TransientError
 from ..domain.matching import website_domain
@@ -541,7 +542,8 @@ class LimeCrm:
         self.__key = api_key
         self.names = names or LimeNames()
         self._locks: KeyLock = locks or LocalKeyLock()
-        self._verify: Any = _tls_context(ca_bundle) if ca_bundle else True
+        self._ca_bundle = ca_bundle
+        self._verify: Any = tls.verify_for(ca_bundle)
         self._timeout = timeout
         self._upload_timeout = upload_timeout
         self._attempts = max(1, attempts)
@@ -615,11 +617,15 @@ class LimeCrm:
             await self._limiter.acquire()
             try:
                 body = content.stream() if isinstance(content, _FileBody) else content  # a fresh stream per attempt
-                response = await client.request(method, path, params=params, json=json, content=body,
-                                                headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+                request = telemetry.timed(client.request, "crm", telemetry.operation_name(method, path))
+                response = await request(method, path, params=params, json=json, content=body,
+                                         headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check LIME_CRM_URL") from None
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                untrusted = tls.certificate_problem(exc)
+                if untrusted:  # retrying cannot help until OUTBOUND_CA_BUNDLE is fixed
+                    raise tls.untrusted("Lime CRM", self._base, untrusted, self._ca_bundle) from None
                 error: TransientError = TransientError(f"{what}: unreachable ({type(exc).__name__})")
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections
                 if write:
@@ -1498,13 +1504,5 @@ class _FileBody:
 
 
 def _tls_context(ca_bundle: str) -> ssl.SSLContext:
-    """The system trust store plus the PEM bundle named by OUTBOUND_CA_BUNDLE."""
-    if not os.path.isfile(ca_bundle) or not os.access(ca_bundle, os.R_OK):
-        raise ConfigError(f"OUTBOUND_CA_BUNDLE names {ca_bundle!r}, which does not exist or is not readable")
-    context = ssl.create_default_context()
-    try:
-        context.load_verify_locations(cafile=ca_bundle)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"OUTBOUND_CA_BUNDLE {ca_bundle!r} is not a PEM bundle of CA certificates "
-                          f"({type(exc).__name__})") from None
-    return context
+    """The system trust store plus the PEM bundle named by OUTBOUND_CA_BUNDLE (shared/adapters/tls.py)."""
+    return tls.ssl_context(ca_bundle)

@@ -29,7 +29,9 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
+from . import tls
 from .http_util import parse_retry_after
+from .. import telemetry
 from ..config import Settings
 from ..domain.errors import PermanentError, TransientError
 from ..services.autoreply import DeliveryUnknown, MailRejected, TemplateMail, TemplateNotFound, redact
@@ -95,7 +97,8 @@ class TramlClient:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._base = base_url.rstrip("/")
         self.__key = api_key
-        self._verify: Any = ca_bundle or True
+        self._ca_bundle = ca_bundle
+        self._verify: Any = tls.verify_for(ca_bundle)
         self._timeout = timeout
         self._attempts = max(1, attempts)
         self._max_wait = max_wait
@@ -140,10 +143,14 @@ class TramlClient:
         what = f"TRAML {method} {path}"
         for attempt in range(1, self._attempts + 1):
             try:
-                response = await client.request(method, path, json=json)
+                request = telemetry.timed(client.request, "traml", telemetry.operation_name(method, path))
+                response = await request(method, path, json=json)
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check TRAML_BASE_URL") from None
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                untrusted = tls.certificate_problem(exc)
+                if untrusted:  # never reached TRAML; retrying cannot help until OUTBOUND_CA_BUNDLE is fixed
+                    raise tls.untrusted("TRAML", self._base, untrusted, self._ca_bundle) from None
                 # Never reached TRAML: safe to retry even a send.
                 error: TransientError = TransientError(f"{what}: unreachable ({type(exc).__name__})")
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections

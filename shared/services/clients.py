@@ -149,8 +149,8 @@ class ClientService:
             claims = await self.graph.token_claims(name)
         except TransientError as exc:
             code = getattr(exc, "code", None)
-            if code is None:  # not a credential problem: Entra or the network is down
-                return self._finish(fail("token", "graph_unavailable", str(exc)))
+            if code is None:  # not a credential problem: Entra or the network is down, or its certificate
+                return self._finish(fail("token", getattr(exc, "reason", "") or "graph_unavailable", str(exc)))
             reason = "secret_missing" if code == "config" else AADSTS_REASONS.get(code, "token_failed")
             return self._finish(fail("token", reason, str(exc)))
         checks.append({"check": "token", "ok": True})

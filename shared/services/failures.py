@@ -18,6 +18,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from .. import telemetry
 from ..domain.envelope import MessageJob
 from ..domain.errors import InboxError, LeaseHeld, MailNotFound
 from ..domain.model import FAILED, FINISHED, PROCESSING, LedgerEntry, Mailbox
@@ -124,6 +125,7 @@ class FailureService:
         assert entry is not None
         log.warning("failures.failed correlation=%s mailbox=%s message=%s attempts=%s", job.correlation_id,
                     mailbox.id, job.message_id, entry.attempts)
+        telemetry.count(telemetry.MAILS_FAILED, source=job.source)
         await self._categorize(mailbox, entry)
         return "failed"
 

@@ -14,9 +14,12 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Awaitable, Callable
 
+from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
+from ..domain import decision as dec
 from ..domain import matching, policy
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
@@ -28,7 +31,8 @@ from ..domain.model import (
 )
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry, MailGateway
 from .attachments import AttachmentResult, AttachmentRules, AttachmentStore
-from .mail_to_crm import Sender, ThreadMatch, find_thread, identify_sender
+from .extension import Extension, run_extension
+from .mail_to_crm import Sender, find_thread, identify_sender
 
 log = logging.getLogger("inbox.process")
 
@@ -45,14 +49,16 @@ MAX_SUCCESSORS = 5  # closed successors of closed successors followed before giv
 DESCRIPTION_CHARS = 800
 LEDGER_ATTACHMENTS_MAX = 50  # attachment lines kept on the ledger row (a Table string holds 32K chars)
 
-# What the CRM step did with the mail's ticket (ledger data "action").
-NEW = "new"  # opened a ticket
+# What the CRM step did with the mail's ticket (ledger data "action"; shared/domain/decision.py).
+NEW = dec.NEW  # opened a ticket
 JOINED = "joined"  # another mail of the same conversation opened it at the same moment
-SUCCESSOR = "successor"  # opened a ticket that follows up a closed one (linked to it)
-FOLLOW_UP = "follow-up"  # added to an open ticket
-REOPENED = "reopened"  # added to a closed ticket, which it reopened
-HISTORY_ONLY = "history-only"  # automated mail kept on its ticket; the status is left alone
+SUCCESSOR = dec.SUCCESSOR  # opened a ticket that follows up a closed one (linked to it)
+FOLLOW_UP = dec.FOLLOW_UP  # added to an open ticket
+REOPENED = dec.REOPENED  # added to a closed ticket, which it reopened
+HISTORY_ONLY = dec.HISTORY_ONLY  # automated mail kept on its ticket; the status is left alone
 CREATED = (NEW, SUCCESSOR)
+_FINISHED_METRIC = {PROCESSED: telemetry.MAILS_PROCESSED, SKIPPED: telemetry.MAILS_SKIPPED,
+                    FAILED: telemetry.MAILS_FAILED}
 
 
 @dataclass
@@ -77,6 +83,8 @@ class ProcessDeps:
     # called after a permanent failure was recorded (services/failures.py: no automatic retries,
     # the mailbox category); must not raise
     on_failed: Callable[[Mailbox, LedgerEntry], Awaitable[None]] | None = None
+    # PROCESSING_EXTENSION (shared/services/extension.py): may change the ticket decision
+    extension: Extension | None = None
 
 
 def _trace(entry: LedgerEntry, clock: Clock, event: str, **extra: Any) -> None:
@@ -141,6 +149,7 @@ class MessageProcessor:
                                           action=False)
             if not entry.done(STEP_FETCHED):
                 _step(entry, d.clock, STEP_FETCHED)
+                telemetry.count(telemetry.MAILS_RECEIVED, source=job.source)
             skip = await self._crm_step(mail, mailbox, entry, job)
             if skip:
                 return await self._mailbox_action_then(entry, mailbox, job, SKIPPED, skip)
@@ -157,7 +166,8 @@ class MessageProcessor:
 
         Order: classify -> identify the sender (lookups only) -> thread (References, then subject tag
         of a ticket the sender is a contact of) -> skip automated mail that belongs to no ticket ->
-        person -> ticket (new, successor of a closed one, or existing) recorded on the ledger as
+        the decision (default policy, then the processing extension) recorded on the ledger as the
+        plan -> person -> ticket (new, successor of a closed one, or existing), its number added to
         the plan -> reopen -> Message-ID -> attachments -> overflow documents -> history note."""
         d = self.d
         rules = d.rules
@@ -173,31 +183,25 @@ class MessageProcessor:
         if verdict.automated:
             entry.data["automated"] = verdict.reason
         plan = entry.data.get("plan")
-        if plan:  # a retry: the ticket was decided (and created) before the crash
+        if plan and plan.get("number"):  # a retry: the ticket was placed (and maybe written to) before the crash
             ticket = await d.crm.get_ticket(plan["number"])
             if ticket is None:
                 raise PermanentError(f"ticket {plan['number']} chosen for this mail no longer exists")
             action, person_id, company_id = plan["action"], plan["person_id"], plan["company_id"]
         else:
-            sender = Sender("", "", "", "")
-            if mail.sender.normalized and "@" in mail.sender.normalized:
-                sender = await identify_sender(d.crm, mail.sender.normalized, mail.sender.name,
-                                               mailbox.sender_id_behaviour, rules.free_mail_domains)
-            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
-            if match.refused_tags:
-                entry.data["refused_tags"] = list(match.refused_tags)
-                log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
-                         job.message_id, ",".join(match.refused_tags))
-            if match.ticket is None and verdict.automated:
-                return f"automated mail ({verdict.reason}) that belongs to no ticket"
-            person_id, company_id = sender.person_id, sender.company_id
+            if not plan:  # a retry after the decision finishes it: the extension is not asked again
+                plan = await self._decide(mail, mailbox, entry, job, verdict)
+                if plan is None:
+                    return f"automated mail ({verdict.reason}) that belongs to no ticket"
+            if plan["action"] == dec.SKIP:
+                return plan["skip_reason"]
+            person_id, company_id = plan["person_id"], plan["company_id"]
             if not verdict.automated and not person_id:
-                person_id = await d.crm.find_or_create_person(sender.address, sender.name, company_id)
-            ticket, action = await self._place(mail, mailbox, entry, verdict.automated, sender, person_id, match, key)
-            plan = {"number": ticket.number, "action": action, "person_id": person_id, "company_id": company_id,
-                    "threaded_by": match.how, "sender_level": sender.level}
+                person_id = await d.crm.find_or_create_person(*_sender_of(mail), company_id)
+            ticket, action = await self._place(mail, mailbox, entry, plan, person_id, key)
+            plan.update(number=ticket.number, action=action, person_id=person_id)
             entry.data["plan"] = plan
-            await d.ledger.save(entry)  # the decision survives a crash: a retry finishes this ticket
+            await d.ledger.save(entry)  # the placement survives a crash: a retry finishes this ticket
         if action == REOPENED and ticket.status != conv.OPEN_STATUS:
             ticket = await d.crm.set_ticket_status(ticket.id, conv.OPEN_STATUS) or ticket
         # A ticket this mail created holds its Message-ID already (when the CRM numbers tickets
@@ -254,51 +258,133 @@ class MessageProcessor:
                  job.message_id, ticket.number, action, sum(1 for r in results if r.status == "stored"))
         return ""
 
-    async def _place(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, automated: bool, sender: Sender,
-                     person_id: str, match: ThreadMatch, key: str) -> tuple[TicketRef, str]:
-        """The ticket the mail goes on, and how (NEW, JOINED, SUCCESSOR, FOLLOW_UP, REOPENED,
-        HISTORY_ONLY). Creates the ticket when one is needed; reopening is left to the caller."""
+    async def _decide(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob,
+                      verdict: Any) -> dict[str, Any] | None:
+        """The ticket decision: sender and thread lookups, the default policy, then the processing
+        extension. Recorded on the ledger row (the plan) before any CRM write, and returned; None for
+        automated mail that belongs to no ticket (skipped, nothing recorded)."""
         d = self.d
-        ticket = match.ticket
-        if ticket is not None:
-            if automated:
-                return ticket, HISTORY_ONLY  # an auto-reply never reopens (nor opens) a ticket
+        address, name = _sender_of(mail)
+        sender = Sender("", "", "", "")
+        if address:
+            sender = await identify_sender(d.crm, address, name, mailbox.sender_id_behaviour, d.rules.free_mail_domains)
+        match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
+        if match.refused_tags:
+            entry.data["refused_tags"] = list(match.refused_tags)
+            log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
+                     job.message_id, ",".join(match.refused_tags))
+        if match.ticket is None and verdict.automated:
+            return None
+        title, _ = policy.ticket_title(mail.subject, d.rules.title_max_chars, match.tags_seen)
+        decision = dec.Decision(
+            action=self._default_action(mailbox, verdict.automated, match.ticket), ticket=match.ticket,
+            mailbox=mailbox.address, mailbox_id=mailbox.id, automated=verdict.reason if verdict.automated else "",
+            threaded_by=match.how, person_id=sender.person_id, company_id=sender.company_id,
+            sender_level=sender.level, title=title,
+            values=MappingProxyType(policy.routing_values(mailbox.routing, mail)))
+        change = None
+        if d.extension is not None:
+            with telemetry.span("processing_extension", **{"inbox.extension": d.extension.spec}):
+                change = await run_extension(d.extension, mail, decision)
+        outcome = dec.resolve(decision, change)
+        plan: dict[str, Any] = {
+            "action": outcome.action, "ticket": match.ticket.number if match.ticket else "",
+            "person_id": sender.person_id, "company_id": sender.company_id, "threaded_by": match.how,
+            "sender_level": sender.level, "tags_seen": list(match.tags_seen), "values": dict(outcome.values),
+            "title": outcome.title, "forced_new": outcome.forced_new, "skip_reason": outcome.skip_reason,
+            "decided_by": "extension" if change is not None and change.changed else "policy"}
+        if d.extension is not None and change is not None:
+            plan["extension"] = {"name": d.extension.spec, "default": decision.action, **change.summary(),
+                                 **({"ignored": list(outcome.ignored)} if outcome.ignored else {})}
+        entry.data["plan"] = plan
+        _trace(entry, d.clock, "decided", action=outcome.action, ticket=plan["ticket"], by=plan["decided_by"],
+               **({"default": decision.action} if outcome.action != decision.action else {}),
+               **({"reason": outcome.skip_reason} if outcome.skip_reason else {}))
+        await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
+        log.info("process.decided correlation=%s message=%s action=%s default=%s by=%s", job.correlation_id,
+                 job.message_id, outcome.action, decision.action, plan["decided_by"])
+        return plan
+
+    def _default_action(self, mailbox: Mailbox, automated: bool, ticket: TicketRef | None) -> str:
+        if ticket is None:
+            return NEW
+        if automated:
+            return HISTORY_ONLY  # an auto-reply never reopens (nor opens) a ticket
+        if not conv.is_closed(ticket):
+            return FOLLOW_UP
+        what = conv.closed_ticket_action(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days,
+                                         ticket.closed_at, self.d.clock.now())
+        return REOPENED if what == conv.REOPEN else SUCCESSOR
+
+    async def _place(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, plan: dict[str, Any],
+                     person_id: str, key: str) -> tuple[TicketRef, str]:
+        """Carry out the plan's decision: the ticket the mail goes on, and how (NEW, JOINED,
+        SUCCESSOR, FOLLOW_UP, REOPENED, HISTORY_ONLY). Creates the ticket when one is needed (every
+        create is idempotent by its key); reopening is left to the caller."""
+        d = self.d
+        action = plan["action"]
+        matched: TicketRef | None = None
+        if plan.get("ticket"):
+            matched = await d.crm.get_ticket(plan["ticket"])
+            if matched is None:
+                raise PermanentError(f"ticket {plan['ticket']} this mail belongs to no longer exists")
+        strip = tuple(plan.get("tags_seen") or ())
+        if matched is not None and action in (FOLLOW_UP, REOPENED, HISTORY_ONLY):
+            return matched, action
+        if matched is not None and action == SUCCESSOR:
+            ticket = matched
             for _ in range(MAX_SUCCESSORS):
-                if not conv.is_closed(ticket):
-                    return ticket, FOLLOW_UP
-                what = conv.closed_ticket_action(mailbox.closed_ticket_policy or conv.REOPEN,
-                                                 mailbox.closed_ticket_days, ticket.closed_at, d.clock.now())
-                if what == conv.REOPEN:
-                    return ticket, REOPENED
                 number = await self._reserved_number(entry)
                 successor = await d.crm.create_ticket(
-                    self._draft(mail, mailbox, sender, person_id, number, (*match.tags_seen, ticket.number),
-                                linked_ticket_id=ticket.id), conv.successor_key(ticket))
-                if conv.is_closed(successor):
-                    ticket = successor  # opened by an earlier follow-up and closed since: its successor
-                    continue
-                if not number or successor.number == number:
-                    return successor, SUCCESSOR
-                return successor, JOINED  # another follow-up opened it at the same moment
+                    self._draft(mail, plan, person_id, number, (*strip, ticket.number), linked_ticket_id=ticket.id),
+                    conv.successor_key(ticket))
+                if not conv.is_closed(successor):
+                    if not number or successor.number == number:
+                        return successor, SUCCESSOR
+                    return successor, JOINED  # another follow-up opened it at the same moment
+                ticket = successor  # opened by an earlier follow-up and closed since: the policy again
+                if conv.closed_ticket_action(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days,
+                                             ticket.closed_at, d.clock.now()) == conv.REOPEN:
+                    return ticket, REOPENED
             return ticket, REOPENED
         number = await self._reserved_number(entry)
-        draft = self._draft(mail, mailbox, sender, person_id, number, match.tags_seen)
+        if matched is not None:
+            # A new ticket the extension asked for next to an open one: under the mail's own key.
+            ticket = await d.crm.create_ticket(
+                self._draft(mail, plan, person_id, number, (*strip, matched.number), linked_ticket_id=matched.id), key)
+            return ticket, (NEW if not number or ticket.number == number else JOINED)
+        draft = self._draft(mail, plan, person_id, number, strip)
         ticket = await d.crm.create_ticket(draft, conv.thread_key(mail))
+        company_id = plan.get("company_id", "")
         if not mail.thread_root and ticket.person_id != person_id \
-                and not (sender.company_id and ticket.company_id == sender.company_id):
+                and not (company_id and ticket.company_id == company_id) \
+                and not await self._same_organisation(ticket.person_id, mail):
             # A conversation with this Message-ID was opened by someone else: a reused or forged
             # Message-ID must not put this mail on their ticket. Its own key instead.
             ticket = await d.crm.create_ticket(draft, key)
         return ticket, (NEW if not number or ticket.number == number else JOINED)
 
-    def _draft(self, mail: InboundMail, mailbox: Mailbox, sender: Sender, person_id: str, number: str,
+    async def _same_organisation(self, other_person_id: str, mail: InboundMail) -> bool:
+        """A colleague (same non-free-mail domain) may have replied before this first mail was
+        processed and opened the conversation's ticket: that is not a forged Message-ID."""
+        domain = _sender_of(mail)[0].rpartition("@")[2]
+        getter = getattr(self.d.crm, "get_person", None)
+        if not other_person_id or not domain or getter is None \
+                or matching.is_free_mail(domain, self.d.rules.free_mail_domains):
+            return False
+        other = await getter(other_person_id) or {}
+        return str(other.get("email") or "").strip().lower().rpartition("@")[2] == domain
+
+    def _draft(self, mail: InboundMail, plan: dict[str, Any], person_id: str, number: str,
                strip_tags: tuple[str, ...], linked_ticket_id: str = "") -> TicketDraft:
-        title, _ = policy.ticket_title(mail.subject, self.d.rules.title_max_chars, strip_tags)
+        own_title = plan.get("title") or ""
+        title, _ = policy.ticket_title(own_title or mail.subject, self.d.rules.title_max_chars,
+                                       () if own_title else strip_tags)
         root = mail.thread_root  # a reply to a mail we never saw: replies to that one thread here too
         return TicketDraft(
-            title=title, person_id=person_id, company_id=sender.company_id, number=number,
-            email=sender.address, description=policy.body_excerpt(mail, DESCRIPTION_CHARS),
-            values=policy.routing_values(mailbox.routing, mail),
+            title=title, person_id=person_id, company_id=plan.get("company_id", ""), number=number,
+            email=_sender_of(mail)[0], description=policy.body_excerpt(mail, DESCRIPTION_CHARS),
+            values=dict(plan.get("values") or {}),
             message_ids=tuple(dict.fromkeys(filter(None, [mail.internet_message_id, root]))),
             linked_ticket_id=linked_ticket_id)
 
@@ -338,6 +424,8 @@ class MessageProcessor:
             entry.last_error = ""
         _trace(entry, d.clock, status, reason=reason)
         await d.ledger.save(entry)
+        if status in _FINISHED_METRIC:
+            telemetry.count(_FINISHED_METRIC[status], source=job.source)
         log.info("process.%s correlation=%s message=%s reason=%s", status, job.correlation_id, job.message_id,
                  reason or "-")
         return Outcome(status, reason, entry.data.get("ticket_number", ""), entry.data)
@@ -370,6 +458,12 @@ class MessageProcessor:
         log.warning("process.transient correlation=%s message=%s error=%s", job.correlation_id, job.message_id,
                     f"{type(exc).__name__}: {exc}")
         raise exc
+
+
+def _sender_of(mail: InboundMail) -> tuple[str, str]:
+    """The sender's address and name as the CRM gets them ('' and '' without a usable address)."""
+    address = mail.sender.normalized
+    return (address, mail.sender.name) if address and "@" in address else ("", "")
 
 
 def _skipped_lines(results: list[AttachmentResult]) -> list[str]:

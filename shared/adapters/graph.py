@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
+from . import tls
+from .. import telemetry
 from ..config import GraphClientConfig, Settings
 from ..domain.errors import MailNotFound, PermanentError, TransientError
 from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
@@ -101,7 +103,8 @@ class GraphClients:
             # MSAL would otherwise ask Microsoft's login host for instance metadata.
             kwargs["disable_instance_discovery"] = True
         if s.ca_bundle:
-            kwargs["connection_verify"] = s.ca_bundle
+            # azure-identity trusts only the file it is given: the default store plus the bundle
+            kwargs["connection_verify"] = tls.combined_bundle(s.ca_bundle)
         from azure.identity import aio as identity
         if cfg.credential == "secret":
             secret = s.secret(cfg.secret_setting)
@@ -152,13 +155,24 @@ class GraphClients:
         # allowed_hosts must name the Graph host actually used, or kiota silently sends no token.
         auth = AzureIdentityAuthenticationProvider(self.credential(name), scopes=[scope],
                                                    allowed_hosts=[base.hostname or ""])
+        own_client = None
+        if self._settings.ca_bundle:  # kiota's default client, trusting OUTBOUND_CA_BUNDLE too
+            import httpx
+            own_client = httpx.AsyncClient(timeout=httpx.Timeout(100, connect=30), http2=True,
+                                           verify=tls.ssl_context(self._settings.ca_bundle))
         http = GraphClientFactory.create_with_default_middleware(
+            client=own_client,
             options={RetryHandlerOption.get_key(): RetryHandlerOption(delay=0, max_retries=0, should_retry=False)})
         adapter = GraphRequestAdapter(auth, client=http)
         adapter.base_url = self._settings.graph_base_url
         client = GraphServiceClient(request_adapter=adapter)
         self._clients[name] = client
         return client
+
+    def untrusted(self, service: str, detail: str) -> tls.CertificateUntrusted:
+        s = self._settings
+        url = s.graph_authority_host if service == "Entra ID" else s.graph_base_url
+        return tls.untrusted(service, url, detail, s.ca_bundle)
 
     async def close(self) -> None:
         for cred in self._credentials.values():
@@ -197,9 +211,10 @@ class GraphAdapter:
         """Run one Graph request under the mailbox's limiter, retrying short waits, mapping errors."""
         from kiota_abstractions.api_error import APIError
         import httpx
-        from azure.core.exceptions import ClientAuthenticationError
+        from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
         key = (client, mailbox.lower())
+        op = telemetry.timed(op, "graph", what)
         sem = self._limits.setdefault(key, asyncio.Semaphore(self._concurrency))
         attempt = 0
         while True:
@@ -233,7 +248,15 @@ class GraphAdapter:
                     code = text[text.find("AADSTS"):][:14] if "AADSTS" in text else "token request failed"
                     raise CredentialError(f"Graph client {client!r} could not get a token: {code}") from None
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    untrusted = tls.certificate_problem(exc)
+                    if untrusted:
+                        raise self._clients.untrusted("Microsoft Graph", untrusted) from None
                     transient = TransientError(f"Graph unreachable during {what}: {type(exc).__name__}")
+                except ServiceRequestError as exc:  # the token request could not be sent
+                    untrusted = tls.certificate_problem(exc)
+                    if untrusted:
+                        raise self._clients.untrusted("Entra ID", untrusted) from None
+                    raise
             # out of the semaphore while waiting
             attempt += 1
             delay = wait if wait is not None else min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random())
@@ -477,10 +500,15 @@ class GraphAdapter:
         """Acquire a token with a fresh credential (no cache) and return its claims (roles...).
 
         Raises CredentialError whose `code` is Entra's AADSTS number ('' when there is none)."""
-        from azure.core.exceptions import ClientAuthenticationError
+        from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
         cred = self._clients.build_credential(client)
         try:
             token = await cred.get_token(self._clients.graph_scope())
+        except ServiceRequestError as exc:
+            untrusted = tls.certificate_problem(exc)
+            if untrusted:
+                raise self._clients.untrusted("Entra ID", untrusted) from None
+            raise
         except ClientAuthenticationError as exc:
             text = str(getattr(exc, "message", None) or exc)
             match = re.search(r"AADSTS(\d+)", text)

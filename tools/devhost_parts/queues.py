@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import math
+import os
 import random
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -89,6 +90,8 @@ class StorageClients:
         service = self._services.get(connection)
         if service is None:
             extra = {"retry_policy": _retry_policy()} if _retry_policy else {"retry_total": 3}
+            if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")):
+                extra["use_env_settings"] = False  # aiohttp would read proxies and ~/.netrc per request
             service = QueueServiceClient.from_connection_string(connection, connection_timeout=5, **extra)
             self._services[connection] = service
         return service.get_queue_client(name)

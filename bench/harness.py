@@ -3,7 +3,9 @@
 Everything is real and local: Azurite (tests/support/azurite.py), the Graph, Lime and TRAML
 simulators (tools/sim/, in this process, so the benchmark reads their request logs directly) and
 the function app in `tools/devhost.py` subprocesses (their CPU time and memory are what is
-measured, apart from the simulators and Azurite).
+measured, apart from the simulators and Azurite). A dev host's log goes to
+$TMPDIR/bench-devhost-<port>.log. BENCH_DEVHOST_SCRIPT names a script to run instead of
+tools/devhost.py with the same arguments (a profiler wrapped around it, an older checkout).
 """
 from __future__ import annotations
 
@@ -142,6 +144,7 @@ class BenchStack:
     autoreply: bool = True
     extra_settings: dict[str, str] = field(default_factory=dict)
     seed: int = 8
+    crm: str = "lime"  # or "table": the embedded CRM in Azurite
 
     def start(self) -> "BenchStack":
         self.azurite: Azurite = start_azurite()
@@ -152,7 +155,7 @@ class BenchStack:
         self.traml.add_template(TEMPLATE, "<p>Ticket $$helpdesknumber$$</p>", "Ticket $$helpdesknumber$$")
         port = free_port()
         env = app_settings(self.azurite.connection_string, self.graph, f"http://127.0.0.1:{port}",
-                           CRM_BACKEND="lime", LIME_CRM_URL=self.lime.lime_url, LIME_CRM_API_KEY=LIME_KEY,
+                           CRM_BACKEND=self.crm, LIME_CRM_URL=self.lime.lime_url, LIME_CRM_API_KEY=LIME_KEY,
                            TRAML_BASE_URL=self.traml.api_url, TRAML_API_KEY=TRAML_KEY, **self.extra_settings)
         self.env = env
         self.processes = [HostProcess(env, port).start()]
@@ -192,7 +195,11 @@ class BenchStack:
             self.azurite.stop()
 
     def __enter__(self) -> "BenchStack":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start (Azurite, simulators, hosts) must not outlive the run
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()

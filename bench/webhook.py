@@ -6,15 +6,19 @@ Starts Azurite and the dev host (in its own process, only `graph_notifications`)
 1. paced load: POSTs valid change notifications at --rate per second for --seconds, reporting the
    achieved rate and p50/p99 latency (the floor is p99 < 300 ms at 100/s on 2 cores);
 2. saturation: as fast as --concurrency clients can, notifications per second;
-3. raw puts: the same number of messages put with the async Storage SDK at the same concurrency;
-   the ratio of 2 to 3 is the webhook's overhead (the goal is within 30%);
-4. cold import time of function_app (median of 5 fresh interpreters).
+3. raw puts: the same number of messages put with the async Storage SDK at the same concurrency,
+   with the app's client options and with the SDK's defaults; the ratio of 2 to 3 is the webhook's
+   overhead (the goal is within 30%). CPU per notification of the dev host process and per put of
+   this process show where the difference goes (this process is also the load generator: on 2 cores
+   the client, the dev host and Azurite share the machine during 2, only this one and Azurite in 3);
+4. cold import time of function_app (median of 5 fresh interpreters), and without azure.functions.
 Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -25,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from azure.core.exceptions import ResourceExistsError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -115,11 +120,16 @@ async def saturate(url: str, signer: ClientStateSigner, count: int, concurrency:
     return {"notifications_per_s": count * batch / elapsed, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)}
 
 
-async def raw_puts(connection: str, count: int, concurrency: int) -> dict:
+async def raw_puts(connection: str, count: int, concurrency: int, app_options: bool = True) -> dict:
+    """Puts straight from this process: with the app's client options (shared/adapters/
+    storage_clients.py), or with the SDK's defaults (aiohttp reading proxies and ~/.netrc per request)."""
     from azure.storage.queue import TextBase64EncodePolicy
     from azure.storage.queue.aio import QueueClient
-    client = QueueClient.from_connection_string(connection, "bench-raw", message_encode_policy=TextBase64EncodePolicy())
-    await client.create_queue()
+    from shared.adapters.storage_clients import transport_options
+    client = QueueClient.from_connection_string(connection, "bench-raw", message_encode_policy=TextBase64EncodePolicy(),
+                                                **(transport_options() if app_options else {}))
+    with contextlib.suppress(ResourceExistsError):
+        await client.create_queue()
     latencies: list[float] = []
     remaining = list(range(count))
     payload = json.dumps({"v": 1, "kind": "message", "mailbox_id": str(uuid.uuid4()), "message_id": "AAMk" + "x" * 120,
@@ -131,23 +141,40 @@ async def raw_puts(connection: str, count: int, concurrency: int) -> dict:
             t = time.perf_counter()
             await client.send_message(payload)
             latencies.append((time.perf_counter() - t) * 1000)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     await client.close()
-    return {"puts_per_s": count / elapsed, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)}
+    return {"puts_per_s": count / elapsed, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+            "cpu_ms_per_put": cpu * 1000 / count}
+
+
+def _cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, this one by default."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cold_import(runs: int = 5) -> dict:
-    code = ("import time,sys; t=time.perf_counter(); import function_app; "
+    """Median import time of function_app in fresh interpreters: all of it, and what is left once
+    azure.functions is loaded (the Python worker imports that itself before it loads the app)."""
+    code = ("import time,sys; {pre}t=time.perf_counter(); import function_app; "
             "print(time.perf_counter()-t, 'msgraph' in sys.modules)")
-    times, msgraph = [], False
-    for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-        seconds, loaded = out.stdout.split()
-        times.append(float(seconds) * 1000)
-        msgraph = msgraph or loaded == "True"
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "imports_msgraph": msgraph}
+    out_doc: dict = {}
+    for name, pre in (("median_ms", ""), ("after_azure_functions_median_ms", "import azure.functions; ")):
+        times, msgraph = [], False
+        for _ in range(runs):
+            out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], cwd=ROOT, capture_output=True,
+                                 text=True, check=True)
+            seconds, loaded = out.stdout.split()
+            times.append(float(seconds) * 1000)
+            msgraph = msgraph or loaded == "True"
+        out_doc[name] = statistics.median(times)
+        out_doc["imports_msgraph"] = out_doc.get("imports_msgraph", False) or msgraph
+    return out_doc
 
 
 def _rounded(value):
@@ -173,15 +200,20 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/api/notifications"
     try:
         asyncio.run(saturate(url, signer, 200, 8, 1))  # warm-up: first clients, queue creation
-        results = {
-            "paced": asyncio.run(paced(url, signer, args.rate, args.seconds, args.batch)),
-            "saturation": asyncio.run(saturate(url, signer, args.saturate, args.concurrency, args.batch)),
-            "raw_queue_puts": asyncio.run(raw_puts(azurite.connection_string, args.saturate * args.batch,
-                                                   args.concurrency)),
-            "cold_import": cold_import(),
-        }
+        results = {"paced": asyncio.run(paced(url, signer, args.rate, args.seconds, args.batch))}
+        host_cpu = _cpu(host.pid)
+        results["saturation"] = asyncio.run(saturate(url, signer, args.saturate, args.concurrency, args.batch))
+        results["saturation"]["host_cpu_ms_per_notification"] = (_cpu(host.pid) - host_cpu) * 1000 / (
+            args.saturate * args.batch)
+        puts = args.saturate * args.batch
+        results["raw_queue_puts"] = asyncio.run(raw_puts(azurite.connection_string, puts, args.concurrency))
+        results["raw_queue_puts_sdk_defaults"] = asyncio.run(
+            raw_puts(azurite.connection_string, puts, args.concurrency, app_options=False))
+        results["cold_import"] = cold_import()
         results["webhook_vs_raw_ratio"] = (results["saturation"]["notifications_per_s"]
                                            / results["raw_queue_puts"]["puts_per_s"])
+        results["webhook_vs_raw_sdk_defaults_ratio"] = (results["saturation"]["notifications_per_s"]
+                                                        / results["raw_queue_puts_sdk_defaults"]["puts_per_s"])
         print(json.dumps(_rounded(results), indent=2))
     finally:
         host.terminate()

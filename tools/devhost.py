@@ -39,8 +39,12 @@ Where it differs from the real host (Functions host 4.x + Python worker):
 * `functionTimeout` from host.json fails an invocation that runs too long (async ones are
   cancelled; a sync one keeps its worker thread, as there is no process to recycle).
 * One process, one worker: sync functions run in a ThreadPoolExecutor sized by
-  `PYTHON_THREADPOOL_THREAD_COUNT`, async functions on one long-lived event loop in a dedicated
-  thread; `FUNCTIONS_WORKER_PROCESS_COUNT` is ignored. Run one DevHost per process at a time: it
+  `PYTHON_THREADPOOL_THREAD_COUNT`, async functions each in their own task on the host's event
+  loop (the Python worker, too, runs them on the loop that receives its invocations; an app that
+  blocks the loop stalls the HTTP server and the queue listeners, as it stalls a real worker);
+  `worker_thread=True` runs them on a second loop in a dedicated thread instead (each invocation
+  then crosses threads twice: ~20% of the webhook's CPU in bench/webhook.py);
+  `FUNCTIONS_WORKER_PROCESS_COUNT` is ignored. Run one DevHost per process at a time: it
   sets os.environ and sys.modules['function_app'].
 
 CLI:  python tools/devhost.py [--app-dir .] [--port 7071] [--settings local.settings.json]
@@ -123,7 +127,8 @@ class DevHost:
                  port: int = 0, host: str = "127.0.0.1", enforce_keys: bool = False,
                  disable_timers: bool = True, only: Iterable[str] | None = None,
                  settings_file: str | os.PathLike | None = None, override_env: bool = True,
-                 message_lease: float = MESSAGE_LEASE, shutdown_timeout: float = 10.0) -> None:
+                 message_lease: float = MESSAGE_LEASE, shutdown_timeout: float = 10.0,
+                 worker_thread: bool = False) -> None:
         """`settings` are applied to os.environ (overriding when `override_env`, restored on stop);
         `settings_file` Values never override the environment, like Core Tools."""
         self.app_dir = Path(app_dir).resolve()
@@ -137,6 +142,7 @@ class DevHost:
         self._only = {s.strip() for s in only if s.strip()} if only else None
         self.message_lease = float(message_lease)
         self.shutdown_timeout = shutdown_timeout
+        self.worker_thread = worker_thread
 
         self.config: HostConfig = HostConfig()
         self.functions: dict[str, FunctionSpec] = {}
@@ -283,9 +289,12 @@ class DevHost:
         self._executor = ThreadPoolExecutor(max_workers=int(count) if count and count.isdigit() else None,
                                             thread_name_prefix="devhost-sync")
         self._loop = asyncio.new_event_loop()
-        self._worker_loop = asyncio.new_event_loop()
+        self._worker_loop = asyncio.new_event_loop() if self.worker_thread else self._loop
         self._worker_loop.set_default_executor(self._executor)
-        for name, loop in (("devhost-host", self._loop), ("devhost-worker-loop", self._worker_loop)):
+        loops = [("devhost-host", self._loop)]
+        if self.worker_thread:
+            loops.append(("devhost-worker-loop", self._worker_loop))
+        for name, loop in loops:
             thread = threading.Thread(target=self._run_loop, args=(loop,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -338,7 +347,9 @@ class DevHost:
     # ------------------------------------------------------------------ invocation core
     async def _call_user(self, spec: FunctionSpec, kwargs: dict) -> Any:
         loop = asyncio.get_running_loop()
-        if spec.is_async:
+        if spec.is_async and self._worker_loop is loop:
+            fut = asyncio.ensure_future(spec.func(**kwargs))  # its own task: its own contextvars
+        elif spec.is_async:
             fut = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(spec.func(**kwargs), self._worker_loop))
         else:
             fut = loop.run_in_executor(self._executor, lambda: spec.func(**kwargs))

@@ -57,6 +57,9 @@ class TableAutoreplyStore:
         self._account = account
         self._clock = clock
         self.table_name = table
+        # etag -> index of the rows this worker wrote last: the next save of such a row needs no
+        # read to find its old index row (its If-Match update still refuses a row changed since)
+        self._written: dict[str, tuple[str, str]] = {}
 
     @property
     def _table(self) -> Any:
@@ -106,7 +109,9 @@ class TableAutoreplyStore:
         record.created_at = record.created_at or now
         record.updated_at = now
         old_index = ("", "")
-        if record.etag:
+        if record.etag and record.etag in self._written:
+            old_index = self._written.pop(record.etag)
+        elif record.etag:
             current = await self._get_entity(record.ticket_id)
             if current is None or current.metadata.get("etag") != record.etag:
                 raise ClaimConflict("autoreply row changed by another worker")
@@ -127,6 +132,10 @@ class TableAutoreplyStore:
             raise_storage(exc, "autoreply write")
         record.etag = meta.get("etag", "")
         await self._reindex(record, old_index, index)
+        if len(self._written) > 10_000:
+            self._written.clear()
+        if record.etag:
+            self._written[record.etag] = index
         return record
 
     async def _reindex(self, record: AutoreplyRecord, old: tuple[str, str], new: tuple[str, str]) -> None:

@@ -13,7 +13,9 @@ Choices worth knowing:
   with the wait for a long one, so the processor re-enqueues the job with that delay.
 - One asyncio.Semaphore per (client, mailbox) caps concurrent requests at
   GRAPH_MAILBOX_CONCURRENCY (Graph allows 4 per app and mailbox across all instances); a 429
-  pauses the whole mailbox for its Retry-After, not just the request that got it.
+  pauses the whole mailbox for its Retry-After, not just the request that got it, and then paces
+  it (graph_pacing.py): its requests leave one by one at Graph's sustained rate instead of all at
+  once when the pause ends.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
 from . import tls
+from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
 from ..domain.errors import MailNotFound, PermanentError, TransientError
@@ -195,6 +198,7 @@ class GraphAdapter:
         self._sleep = sleep
         self._limits: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._paused_until: dict[tuple[str, str], float] = {}
+        self._pacer = MailboxPacer()
         self._inbox_ids: dict[tuple[str, str], str] = {}
         self.stats = {"requests": 0, "throttled": 0, "retries": 0}
 
@@ -218,11 +222,7 @@ class GraphAdapter:
         sem = self._limits.setdefault(key, asyncio.Semaphore(self._concurrency))
         attempt = 0
         while True:
-            pause = self._paused_until.get(key, 0.0) - time.monotonic()
-            if pause > 0:
-                if pause > SHORT_RETRY_AFTER:
-                    raise TransientError(f"Graph throttled mailbox during {what}", retry_after=pause)
-                await self._sleep(pause)
+            await self._wait_turn(key, what)
             wait: float | None = None
             async with sem:
                 self.stats["requests"] += 1
@@ -238,6 +238,7 @@ class GraphAdapter:
                         if status == 429:
                             self.stats["throttled"] += 1
                             self._paused_until[key] = time.monotonic() + (wait or 1.0)
+                            self._pacer.throttled(key, wait or 1.0)
                         transient = TransientError(f"Graph {status} during {what}", retry_after=wait)
                     elif status in (401, 403):
                         raise GraphAccessDenied(f"Graph {status} during {what}: {message}") from None
@@ -264,6 +265,22 @@ class GraphAdapter:
                 raise transient
             self.stats["retries"] += 1
             await self._sleep(delay)
+
+    async def _wait_turn(self, key: tuple[str, str], what: str) -> None:
+        """Wait out the mailbox's 429 pause (a long one raises TransientError with its wait), then
+        its pacing slot (graph_pacing.py: after a 429, requests leave one by one at Graph's rate)."""
+        for _ in range(3):
+            pause = self._paused_until.get(key, 0.0) - time.monotonic()
+            if pause > 0:
+                if pause > SHORT_RETRY_AFTER:
+                    raise TransientError(f"Graph throttled mailbox during {what}", retry_after=pause)
+                await self._sleep(pause)
+            turn = self._pacer.reserve(key)
+            if turn <= 0:
+                return
+            await self._sleep(turn)
+            if self._paused_until.get(key, 0.0) <= time.monotonic():
+                return  # else a 429 paused the mailbox while this request waited for its slot
 
     async def _get_json(self, client: str, mailbox: str, request_info: Any, what: str) -> dict[str, Any]:
         adapter = self._clients.client(client).request_adapter

@@ -21,6 +21,7 @@ DEV_CONNECTION = (
 )
 
 
+BLOB_BLOCK_BYTES = 4 * 1024 * 1024
 _PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
 
 
@@ -87,11 +88,15 @@ class StorageAccount:
     def blob_service(self) -> Any:
         if self._blobs is None:
             from azure.storage.blob.aio import BlobServiceClient
+            # Uploads over 4 MiB go up in 4 MiB blocks: the SDK's default (one Put Blob up to 64 MiB)
+            # reads a whole attachment into memory, and copies it, however it was streamed to us.
+            options = dict(max_single_put_size=BLOB_BLOCK_BYTES, max_block_size=BLOB_BLOCK_BYTES,
+                           **transport_options())
             if self._connection:
-                self._blobs = BlobServiceClient.from_connection_string(self._connection, **transport_options())
+                self._blobs = BlobServiceClient.from_connection_string(self._connection, **options)
             else:
                 self._blobs = BlobServiceClient(self._service_uri("blob"), credential=self._get_credential(),
-                                                **transport_options())
+                                                **options)
         return self._blobs
 
     def queue(self, name: str) -> Any:

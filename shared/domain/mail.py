@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import PermanentError
+
 # The $select every fetch uses; internetMessageHeaders only come back when selected.
 MESSAGE_SELECT = (
     "id", "subject", "from", "sender", "toRecipients", "ccRecipients", "replyTo", "receivedDateTime",
@@ -132,6 +134,16 @@ class InboundMail:
 
     @classmethod
     def from_graph(cls, mailbox_id: str, doc: dict[str, Any], custom_select: tuple[str, ...] = ()) -> "InboundMail":
+        """The mail in Graph's message JSON; PermanentError (recorded as the mail's failure reason)
+        when `doc` does not have that shape, never a crash (tests/chaos/test_fuzz_mail.py)."""
+        try:
+            return cls._from_graph(mailbox_id, doc, custom_select)
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            raise PermanentError(f"Graph's message JSON has an unexpected shape ({type(exc).__name__})") from None
+
+    @classmethod
+    def _from_graph(cls, mailbox_id: str, doc: dict[str, Any], custom_select: tuple[str, ...]) -> "InboundMail":
+        doc = _without_surrogates(doc)
         body = doc.get("body") or {}
         sender = _address((doc.get("from") or doc.get("sender") or {}).get("emailAddress"))
         atts = tuple(
@@ -168,6 +180,19 @@ class InboundMail:
 
 
 _MSGID = re.compile(r"<[^<>\s]+>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """JSON may carry lone UTF-16 surrogates ("\\udcff"), which no UTF-8 encoder (hashing, the HTML
+    sanitiser, Table storage) accepts: each becomes U+FFFD, as a mail client would show it."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 def _address(data: Any) -> Address:

@@ -92,11 +92,13 @@ def test_body_size_limit(start_host):
     assert httpx.post(f"{host.url}/api/echo/1", content=b"x" * 1001).status_code == 413
 
 
-def test_async_functions_share_one_long_lived_loop(devhost: DevHost):
+@pytest.mark.parametrize("worker_thread", [False, True], ids=["host-loop", "worker-thread"])
+def test_async_functions_share_one_long_lived_loop(start_host, worker_thread: bool):
+    devhost = start_host(worker_thread=worker_thread)
     with httpx.Client() as client:
         first = [client.get(f"{devhost.url}/api/loop").json() for _ in range(3)]
     assert len({r["loop"] for r in first}) == 1
-    assert first[0]["thread"] == "devhost-worker-loop"
+    assert first[0]["thread"] == ("devhost-worker-loop" if worker_thread else "devhost-host")
     # async invocations run concurrently on that loop
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         t0 = time.monotonic()

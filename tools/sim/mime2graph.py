@@ -191,13 +191,27 @@ def _importance(msg: Message) -> str:
     return "normal"
 
 
+class _LenientPolicy(email.policy.EmailPolicy):
+    """policy.default, except that a header CPython's structured parser chokes on (it raises
+    IndexError on `Message-ID: <<>>`, for one) reads as its raw text, as Exchange keeps it."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        try:
+            return super().header_fetch_parse(name, value)
+        except Exception:  # noqa: BLE001 - any byte sequence is a mail Exchange would store
+            return email.policy.compat32.header_fetch_parse(name, value)
+
+
+_POLICY = _LenientPolicy()
+
+
 def mime_to_graph_message(raw: bytes) -> dict[str, Any]:
     """Parse raw RFC 5322 bytes into the Graph message JSON the simulator stores.
 
     Attachments are Graph attachment dicts (fileAttachment with base64 ``contentBytes``;
     itemAttachment for attached messages, whose MIME is kept under the private key ``_raw``).
     """
-    msg: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore
+    msg: EmailMessage = email.message_from_bytes(raw, policy=_POLICY)  # type: ignore
     headers = [{"name": name, "value": _header_text(msg, name, value)}
                for name, value in msg.items()]
     leaves = _leaves(msg)
@@ -248,4 +262,19 @@ def mime_to_graph_message(raw: bytes) -> dict[str, Any]:
     if meeting:
         result["@odata.type"] = "#microsoft.graph.eventMessage"
         result["meetingMessageType"] = meeting
-    return result
+    return _valid_text(result)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(value: Any) -> Any:
+    """Bytes that are not UTF-8 come out of the email package as lone surrogates; Exchange stores
+    U+FFFD instead (and the simulator could not serve them as JSON)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {k: _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value

@@ -1,0 +1,260 @@
+"""The chaos suite's world: the whole app in the dev host (in this process), Azurite on disk (so it
+can be restarted mid-run), and the Graph, Lime CRM and TRAML simulators, plus the fault hooks.
+
+Time: the app reads the Graph simulator's movable clock (bootstrap.override), so leases, claims,
+the sweep's grace, its retry schedule and "several minutes" of outage pass by moving that clock,
+not by waiting. Real time still drives the queues (host.json's 10 s visibility timeout) and the
+dev host's message lease (2 s here: a killed worker's message reappears 2 s later).
+
+Killing a worker: `KillSwitch` wraps the ports the processor and the autoreply sender use (ledger,
+Graph, CRM, queue; claim store, TRAML) and, for the mails it was told to, raises `WorkerKilled` (a
+BaseException, as a dying process stops everything) right after their k-th side-effecting call.
+Nothing is released: the ledger lease and the autoreply claim stay held, the queue message is
+neither completed nor made visible again (it reappears when the dev host's lease lapses). Then the
+clock moves past the leases, as it does while a dead worker's leases run out.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from shared.services.autoreply import CLAIM_SECONDS
+from shared.services.process import LEASE_SECONDS
+from tests.support.azurite import Azurite, free_port, start_azurite
+from tests.support.stack import CLIENT_ID, ROOT, SECRET, TENANT, app_settings
+from tools.sim.graph import GraphSim
+from tools.sim.lime import DEMO_API_KEY as LIME_KEY, LimeSim
+from tools.sim.traml import DEMO_API_KEY as TRAML_KEY, TramlSim
+
+TEMPLATE = "Chaos autoreply"
+
+# The calls that change something (or are a pipeline step of their own, like the GET of the mail).
+PROCESS_STEPS = {
+    "ledger": {"claim", "save"},
+    "mail": {"get_message", "delete_message", "move_message"},
+    "crm": {"find_or_create_person", "reserve_ticket_number", "create_ticket", "add_message_ids", "add_history",
+            "add_document", "add_document_file", "set_ticket_status"},
+    "queue": {"send"},
+}
+AUTOREPLY_STEPS = {"store": {"save"}, "traml": {"send_template"}, "crm": {"add_history"}, "limiter": {"acquire"}}
+
+
+class WorkerKilled(BaseException):
+    """The worker process died (not an Exception: nothing in the app may catch it)."""
+
+
+class SimClock:
+    def __init__(self, graph: GraphSim) -> None:
+        self.graph = graph
+
+    def now(self):
+        return self.graph.now()
+
+
+class KillSwitch:
+    """Kills the invocation working on a chosen item right after its k-th side-effecting call."""
+
+    def __init__(self, name: str, on_kill: Callable[[str, int, str], None]) -> None:
+        self.name = name
+        self.plans: dict[str, int] = {}  # item (message id, or ticket id) -> k
+        self.fired: list[tuple[str, int, str]] = []
+        self._on_kill = on_kill
+        self._current: contextvars.ContextVar[tuple[str, list[int]] | None] = contextvars.ContextVar(
+            f"kill-{name}", default=None)
+
+    def wrap_run(self, run: Callable[..., Any], item_of: Callable[[Any], str]) -> Callable[..., Any]:
+        async def wrapped(job: Any, *args: Any, **kwargs: Any) -> Any:
+            item = item_of(job)
+            token = self._current.set((item, [0]) if item in self.plans else None)
+            try:
+                return await run(job, *args, **kwargs)
+            finally:
+                self._current.reset(token)
+        return wrapped
+
+    def proxy(self, target: Any, methods: set[str]) -> Any:
+        return _Killing(target, methods, self)
+
+    def after_call(self, method: str) -> None:
+        state = self._current.get()
+        if state is None:
+            return
+        item, count = state
+        count[0] += 1
+        if count[0] == self.plans.get(item):
+            del self.plans[item]  # the redelivery runs clean
+            self.fired.append((item, count[0], method))
+            self._on_kill(item, count[0], method)
+            raise WorkerKilled(f"{self.name}: killed after call {count[0]} ({method})")
+
+
+class _Killing:
+    def __init__(self, target: Any, methods: set[str], switch: KillSwitch) -> None:
+        self._target, self._methods, self._switch = target, methods, switch
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if name not in self._methods or not inspect.iscoroutinefunction(attr):
+            return attr
+        switch = self._switch
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = await attr(*args, **kwargs)
+            switch.after_call(name)
+            return result
+        return call
+
+
+@dataclass
+class Delivered:
+    """One mail as delivered to one mailbox."""
+    address: str
+    message_id: str  # Graph's immutable id in that mailbox
+    key: str  # the CRM idempotency key (the same for the copies in several mailboxes)
+    conversation: str
+    phase: str
+    notified: bool = True
+
+
+@dataclass
+class World:
+    tmp: Path
+    seed: int = 8
+    delivered: list[Delivered] = field(default_factory=list)
+    faults: Counter = field(default_factory=Counter)
+    mailbox_ids: dict[str, str] = field(default_factory=dict)
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def start(self, mailboxes: list[str]) -> "World":
+        from shared import bootstrap
+        from tools.devhost import DevHost
+        self.azurite: Azurite = start_azurite(location=str(self.tmp / "azurite"))
+        self.graph = GraphSim(seed=self.seed).start()
+        self.graph.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
+        self.lime = LimeSim().start()
+        self.traml = TramlSim().start()
+        self.traml.add_template(TEMPLATE, "<p>Ticket $$helpdesknumber$$: $$title$$</p>", "Ticket $$helpdesknumber$$")
+        port = free_port()
+        settings = app_settings(self.azurite.connection_string, self.graph, f"http://127.0.0.1:{port}",
+                                CRM_BACKEND="lime", LIME_CRM_URL=self.lime.lime_url, LIME_CRM_API_KEY=LIME_KEY,
+                                LIME_RATE_LIMIT_REQUESTS="0", TRAML_BASE_URL=self.traml.api_url,
+                                TRAML_API_KEY=TRAML_KEY)
+        bootstrap.reset()
+        bootstrap.override(clock=SimClock(self.graph))
+        self.host = DevHost(ROOT, settings=settings, port=port, disable_timers=True, message_lease=2.0,
+                            shutdown_timeout=3.0)
+        self.host.start()
+        self.http = httpx.Client(base_url=self.host.url, timeout=60)
+        for address in mailboxes:
+            self.graph.add_mailbox(address, tenant_id=TENANT)
+            resp = self.http.post("/api/manage/mailboxes", json={
+                "address": address, "client": "demo",
+                "autoreply": {"enabled": True, "template": TEMPLATE, "from_name": "Chaos Support"}})
+            assert resp.status_code == 201, resp.text
+            self.mailbox_ids[address] = resp.json()["id"]
+        self._install_kill_switches()
+        return self
+
+    def stop(self) -> None:
+        from shared import bootstrap
+        for part in (getattr(self, "http", None), getattr(self, "host", None), getattr(self, "graph", None),
+                     getattr(self, "lime", None), getattr(self, "traml", None)):
+            if part is not None:
+                try:
+                    (part.close if isinstance(part, httpx.Client) else part.stop)()
+                except Exception:  # noqa: BLE001 - stopping is best effort
+                    pass
+        if getattr(self, "azurite", None):
+            self.azurite.stop()
+        bootstrap.reset()
+
+    @property
+    def services(self) -> Any:
+        from shared import bootstrap
+        return bootstrap.services()
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        """Run a coroutine on the dev host's loop, where the app's clients live."""
+        return asyncio.run_coroutine_threadsafe(coro, self.host._worker_loop).result(timeout)
+
+    # fault hooks -------------------------------------------------------------------------------
+    def _install_kill_switches(self) -> None:
+        svc = self.services
+        self.process_kills = KillSwitch("process_message", self._killed)
+        d = svc.processor.d
+        d.ledger = self.process_kills.proxy(d.ledger, PROCESS_STEPS["ledger"])
+        d.mail = self.process_kills.proxy(d.mail, PROCESS_STEPS["mail"])
+        d.crm = self.process_kills.proxy(d.crm, PROCESS_STEPS["crm"])
+        d.queue = self.process_kills.proxy(d.queue, PROCESS_STEPS["queue"])
+        svc.processor.run = self.process_kills.wrap_run(svc.processor.run, lambda job: job.message_id)
+        self.autoreply_kills = KillSwitch("send_autoreply", self._killed)
+        a = svc.autoreplies
+        for part, methods in AUTOREPLY_STEPS.items():
+            setattr(a.d, part, self.autoreply_kills.proxy(getattr(a.d, part), methods))
+        a.send = self.autoreply_kills.wrap_run(a.send, lambda job: job.message_id)
+
+    def _killed(self, item: str, step: int, method: str) -> None:
+        """A worker died: its leases run out before anyone takes the mail over."""
+        self.graph.advance_clock(max(LEASE_SECONDS, CLAIM_SECONDS) + 1)
+
+    # mail ----------------------------------------------------------------------------------------
+    def deliver(self, address: str, raw: bytes, conversation: str, phase: str, notify: bool = True) -> Delivered:
+        from shared.domain.mail import InboundMail
+        mid = self.graph.deliver(address, raw, notify=notify)
+        doc = self.graph.get_message(address, mid)
+        key = InboundMail.from_graph(self.mailbox_ids[address], doc).idempotency_key()
+        item = Delivered(address, mid, key, conversation, phase, notified=notify)
+        self.delivered.append(item)
+        return item
+
+    def subscription_of(self, address: str) -> str:
+        box = self.mailbox_ids[address]
+        subs = [s for s in self.graph.subscriptions() if f"mailbox={box}" in s["notificationUrl"]]
+        assert len(subs) == 1, subs
+        return subs[0]["id"]
+
+    def rows(self) -> dict[tuple[str, str], Any]:
+        """The ledger rows of every delivered mail, by (address, message id)."""
+        ledger = self.services.ledger
+        out: dict[tuple[str, str], Any] = {}
+        by_box: dict[str, list[str]] = {}
+        for d in self.delivered:
+            by_box.setdefault(d.address, []).append(d.message_id)
+        for address, mids in by_box.items():
+            found = self.run(ledger.get_many(self.mailbox_ids[address], mids))
+            for mid in mids:
+                out[(address, mid)] = found.get(mid)
+        return out
+
+    def unfinished(self) -> list[Delivered]:
+        rows = self.rows()
+        return [d for d in self.delivered
+                if (r := rows[(d.address, d.message_id)]) is None or r.status not in ("processed", "skipped", "failed")]
+
+    def wait_settled(self, timeout: float, what: str = "mail finished") -> bool:
+        """Until every delivered mail has a finished (or failed) ledger row; False at the deadline."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not self.unfinished():
+                    return True
+            except Exception:  # noqa: BLE001 - Azurite may be restarting
+                pass
+            time.sleep(0.5)
+        return False
+
+    def sweep(self) -> None:
+        """The sweep_inbox timer, now (as Core Tools' admin endpoint fires it)."""
+        self.host.invoke("sweep_inbox", timeout=120)
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps([d.__dict__ for d in self.delivered], indent=1))

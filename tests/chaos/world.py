@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -130,7 +128,6 @@ class World:
     tmp: Path
     seed: int = 8
     delivered: list[Delivered] = field(default_factory=list)
-    faults: Counter = field(default_factory=Counter)
     mailbox_ids: dict[str, str] = field(default_factory=dict)
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -255,6 +252,3 @@ class World:
     def sweep(self) -> None:
         """The sweep_inbox timer, now (as Core Tools' admin endpoint fires it)."""
         self.host.invoke("sweep_inbox", timeout=120)
-
-    def dump(self, path: Path) -> None:
-        path.write_text(json.dumps([d.__dict__ for d in self.delivered], indent=1))

@@ -74,6 +74,11 @@ log = logging.getLogger("inbox.crm.lime")
 
 USER_AGENT = "inbox-functions/1 (+lime)"
 API_PREFIX = "/api/v1/"
+# Connections to Lime per worker, all kept alive: enough for every invocation a worker runs at once
+# (host.json: batchSize 16 + newBatchThreshold 8) to have one. httpx's default (100, of which 20
+# kept alive) closed and reopened connections under load, and its pool scans every connection on
+# each request: bench/pipeline.py measured that scan at ~10% of a worker's CPU.
+LIME_CONNECTIONS = 8
 LIMETYPES = ("person", "company", "helpdesk", "history", "document")
 KEYED = ("helpdesk", "history", "document", "company")  # limetypes created with an idempotency key
 KEY_VALUE_LENGTH = 40  # the key property holds sha256(key)[:40]
@@ -587,7 +592,8 @@ class LimeCrm:
             self._client = httpx.AsyncClient(
                 base_url=self._base + API_PREFIX, verify=self._verify, transport=self._transport,
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)), follow_redirects=False,
-                headers={"x-api-key": self.__key, "Accept": "application/hal+json", "User-Agent": USER_AGENT})
+                headers={"x-api-key": self.__key, "Accept": "application/hal+json", "User-Agent": USER_AGENT},
+                limits=httpx.Limits(max_connections=LIME_CONNECTIONS, max_keepalive_connections=LIME_CONNECTIONS))
         return self._client
 
     async def close(self) -> None:

@@ -39,6 +39,7 @@ from ..services.autoreply import DeliveryUnknown, MailRejected, TemplateMail, Te
 log = logging.getLogger("inbox.traml")
 
 USER_AGENT = "inbox-functions/1 (+traml)"
+TRAML_CONNECTIONS = 8  # kept alive; see LIME_CONNECTIONS in crm_lime.py
 # 504: the gateway in front of TRAML gave up waiting; the backend may still have queued the mail.
 AMBIGUOUS_STATUSES = (504,)
 
@@ -128,7 +129,8 @@ class TramlClient:
             self._client = httpx.AsyncClient(
                 base_url=self._base + "/", verify=self._verify, transport=self._transport,
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)), follow_redirects=False,
-                headers={"apikey": self.__key, "Accept": "application/json", "User-Agent": USER_AGENT})
+                headers={"apikey": self.__key, "Accept": "application/json", "User-Agent": USER_AGENT},
+                limits=httpx.Limits(max_connections=TRAML_CONNECTIONS, max_keepalive_connections=TRAML_CONNECTIONS))
         return self._client
 
     async def close(self) -> None:

@@ -72,8 +72,15 @@ class Services:
                 self._ready = True
         return self
 
+    @cached_property
+    def mailbox_reader(self) -> Any:
+        """The registry as the per-mail path reads it (rows reused for a few seconds, see
+        CachedMailboxReader); anything other than the Table registry (a test's fake) is used as is."""
+        from .adapters.mailboxes_table import CachedMailboxReader
+        return CachedMailboxReader(self.registry) if isinstance(self.registry, TableMailboxRegistry) else self.registry
+
     async def own_addresses(self) -> frozenset[str]:
-        return frozenset(m.address.lower() for m in await self.registry.list())
+        return frozenset(m.address.lower() for m in await self.mailbox_reader.list())
 
     # failed and unprocessed mail (issue 4): built on first use --------------------------------
     @cached_property
@@ -159,7 +166,7 @@ class Services:
         from .services.autoreply import AutoreplyDeps, AutoreplyService, limits_from_settings
         count, minutes = limits_from_settings(self.settings)
         return AutoreplyService(AutoreplyDeps(
-            registry=self.registry, ledger=self.ledger, crm=self.crm, queue=self.queue, clock=self.clock,
+            registry=self.mailbox_reader, ledger=self.ledger, crm=self.crm, queue=self.queue, clock=self.clock,
             traml=TramlClient.from_settings(self.settings), store=TableAutoreplyStore(self.account, self.clock),
             limiter=TableRateLimiter(self.account, count, minutes),
             limit_description=f"{count} per {minutes} minutes"))
@@ -192,7 +199,7 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
                         registry=registry, subscriptions=subscriptions, graph=graph, crm=crm,
                         processor=None, mailboxes=None)  # type: ignore[arg-type]
     services.processor = MessageProcessor(ProcessDeps(
-        registry=registry, ledger=ledger, mail=graph, crm=crm, queue=queue, clock=clock,
+        registry=services.mailbox_reader, ledger=ledger, mail=graph, crm=crm, queue=queue, clock=clock,
         rules=settings.mail_rules, own_addresses=services.own_addresses,
         on_failed=lambda mailbox, entry: services.failures.record_permanent(mailbox, entry), extension=extension))
     services.mailboxes = MailboxService(registry, graph, clock, settings.graph_clients, services.subscription_sync,

@@ -27,6 +27,8 @@ test: install
 
 bench: install
 	$(BIN)/python bench/webhook.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) tools/azurite/node_modules .azurite artifacts

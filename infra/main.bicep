@@ -345,7 +345,7 @@ var appContainerNames = [
 //
 // Graph allows G = 4 concurrent requests per app registration and mailbox, summed over ALL
 // instances. One instance runs at most batchSize + newBatchThreshold queue messages of a queue
-// function at once (host.json: 16 + 8 = 24), and the per-mailbox limiter in each worker lets at
+// function at once (host.json: 32 + 32 = 64), and the per-mailbox limiter in each worker lets at
 // most c = GRAPH_MAILBOX_CONCURRENCY of them call Graph for the same mailbox. With N instances a
 // busy mailbox can see N * min(c, batchSize + newBatchThreshold) concurrent requests, so
 //
@@ -353,7 +353,7 @@ var appContainerNames = [
 //
 //   c = 4 (default) -> 1 instance    c = 2 -> 2 instances    c = 1 -> 4 instances
 //
-// One instance still works 24 mails at once across mailboxes; lower c to trade per-mailbox
+// One instance still works 64 mails at once across mailboxes; lower c to trade per-mailbox
 // parallelism for more instances (more CPU). On Flex the limit applies per function group, so
 // process_message gets its own N; the sweep timer, handle_lifecycle and admin recovery add a few
 // requests on top, which Graph answers with 429 + Retry-After and the app treats as backpressure.

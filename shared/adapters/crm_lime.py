@@ -74,10 +74,11 @@ log = logging.getLogger("inbox.crm.lime")
 
 USER_AGENT = "inbox-functions/1 (+lime)"
 API_PREFIX = "/api/v1/"
-# Connections to Lime per worker, all kept alive: enough for every invocation a worker runs at once
-# (host.json: batchSize 16 + newBatchThreshold 8) to have one. httpx's default (100, of which 20
-# kept alive) closed and reopened connections under load, and its pool scans every connection on
-# each request: bench/pipeline.py measured that scan at ~10% of a worker's CPU.
+# Connections to Lime per worker, all kept alive; the worker's other invocations (up to 64, see
+# host.json) wait for one in httpx's pool. 8 carry ~400 requests/s at 20 ms, more than one worker's
+# CPU can use (and 40x Lime Cloud's limit). httpx's default (100, of which 20 kept alive) closed and
+# reopened connections under load, and its pool scans every connection on each request: with 24
+# connections that scan was ~25% of a worker's CPU per mail in bench/pipeline.py (70 -> 54 ms).
 LIME_CONNECTIONS = 8
 LIMETYPES = ("person", "company", "helpdesk", "history", "document")
 KEYED = ("helpdesk", "history", "document", "company")  # limetypes created with an idempotency key

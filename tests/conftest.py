@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -32,3 +33,15 @@ def azurite_connection() -> str:
 def unique() -> str:
     """A short unique suffix for table and queue names (letters and digits only)."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_combined_ca_bundles():
+    """Each Graph simulator start makes a new throwaway CA, so each gives the app a new combined
+    bundle in the temp directory (shared/adapters/tls.py; one file in production): remove the
+    ones this session wrote."""
+    pattern = "inbox-outbound-ca-*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    yield
+    for path in set(Path(tempfile.gettempdir()).glob(pattern)) - before:
+        path.unlink(missing_ok=True)

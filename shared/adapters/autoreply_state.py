@@ -31,7 +31,7 @@ from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
 from .errors import raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 PARTITION = "autoreply"
 INDEX_PREFIX = "autoreply-s-"
@@ -52,7 +52,7 @@ def index_row_key(record: AutoreplyRecord) -> str:
 
 
 # ---- claims ----------------------------------------------------------------------------------------
-class TableAutoreplyStore:
+class TableAutoreplyStore(TableStore):
     def __init__(self, account: StorageAccount, clock: Clock, table: str = "ledger") -> None:
         self._account = account
         self._clock = clock
@@ -60,10 +60,6 @@ class TableAutoreplyStore:
         # etag -> index of the rows this worker wrote last: the next save of such a row needs no
         # read to find its old index row (its If-Match update still refuses a row changed since)
         self._written: dict[str, tuple[str, str]] = {}
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     @staticmethod
     def _to_entity(r: AutoreplyRecord, index: tuple[str, str]) -> dict[str, Any]:
@@ -248,7 +244,7 @@ def admit(sends: Iterable[Any], token: str, now: datetime, limit: int,
     return True, kept
 
 
-class TableRateLimiter:
+class TableRateLimiter(TableStore):
     ATTEMPTS = 60
 
     def __init__(self, account: StorageAccount, limit: int = 10, window_minutes: int = 180,
@@ -258,10 +254,6 @@ class TableRateLimiter:
         self.window = timedelta(minutes=window_minutes)
         self.table_name = table
         self._partition = partition
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     async def acquire(self, recipient: str, token: str, now: datetime) -> bool:
         rk = key_hash(recipient)

@@ -290,13 +290,10 @@ class TableKeyLock:
         self.wait = wait_seconds
         self._local = _LocalLocks()
         self._ensured = False
-        self._client: Any = None
 
     @property
     def _table(self) -> Any:
-        if self._client is None:
-            self._client = self._account.table(self.table_name)
-        return self._client
+        return self._account.table(self.table_name)
 
     async def ensure(self) -> None:
         await self._account.ensure_tables(self.table_name)

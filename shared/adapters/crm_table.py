@@ -360,7 +360,6 @@ class TableCrm:
         self._prefix = prefix
         self._container_name = container
         self._now = clock or (lambda: datetime.now(timezone.utc))
-        self._tables: dict[str, Any] = {}
         self._container: Any = None
 
     # plumbing ---------------------------------------------------------------------------------
@@ -370,10 +369,7 @@ class TableCrm:
         return f"{self._prefix}{kind}"
 
     def _t(self, kind: str) -> Any:
-        client = self._tables.get(kind)
-        if client is None:
-            client = self._tables[kind] = self._account.table(self.table_name(kind))
-        return client
+        return self._account.table(self.table_name(kind))
 
     def _blobs(self) -> Any:
         if self._container is None:

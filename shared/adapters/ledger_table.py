@@ -26,7 +26,7 @@ from ..domain.model import FAILED, FINISHED, PROCESSED, PROCESSING, SKIPPED, Led
 from ..ports import Clock
 from .errors import raise_storage
 from .keys import exact_hash, key_hash, table_time
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 log = logging.getLogger("inbox.ledger")
 
@@ -54,15 +54,11 @@ def _index_rk(mailbox_id: str, message_id: str) -> str:
 _dt = table_time
 
 
-class TableLedger:
+class TableLedger(TableStore):
     def __init__(self, account: StorageAccount, clock: Clock, table: str = "ledger") -> None:
         self._account = account
         self._clock = clock
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     # mapping ---------------------------------------------------------------------------------
     def _to_entity(self, e: LedgerEntry) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from ..domain.model import AutoreplySettings, Mailbox
 from .errors import raise_storage
 from .keys import key_hash
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 PARTITION = "mailbox"
 # How long the per-mail path (processor, autoreply sender, own addresses) may use a mailbox row it
@@ -43,14 +43,10 @@ def _from_entity(ent: Any) -> Mailbox:
     return box
 
 
-class TableMailboxRegistry:
+class TableMailboxRegistry(TableStore):
     def __init__(self, account: StorageAccount, table: str = "mailboxes") -> None:
         self._account = account
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     async def get(self, mailbox_id: str) -> Mailbox | None:
         try:
@@ -130,10 +126,10 @@ class CachedMailboxReader:
 
     async def list(self) -> list[Mailbox]:
         self._check_generation()
-        if self._list is None or not self._fresh(self._list[0]):
+        listed = self._list
+        if listed is None or not self._fresh(listed[0]):
             generation = self._generation
             listed = (self._now(), await self.registry.list())
             if generation == _GENERATION[0]:
                 self._list = listed
-            return copy.deepcopy(listed[1])
-        return copy.deepcopy(self._list[1])
+        return copy.deepcopy(listed[1])

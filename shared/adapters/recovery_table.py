@@ -25,7 +25,7 @@ from ..services.recovery import RecoveryItem, RecoveryTask
 from ..services.sweep import SweepReport
 from .errors import raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 TASKS = "task"
 SWEEP = "sweep"
@@ -42,14 +42,10 @@ def _item_rk(mailbox_id: str, message_id: str) -> str:
     return exact_hash(f"{mailbox_id}|{message_id}")
 
 
-class TableRecoveryStore:
+class TableRecoveryStore(TableStore):
     def __init__(self, account: StorageAccount, table: str = "recoverytasks") -> None:
         self._account = account
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     # tasks ------------------------------------------------------------------------------------
     @staticmethod
@@ -192,16 +188,12 @@ class TableRecoveryStore:
                 for e in await self._raw_items(task_id)]
 
 
-class SweepStateStore:
+class SweepStateStore(TableStore):
     """The last sweep run of each mailbox (partition "sweep" of `recoverytasks`)."""
 
     def __init__(self, account: StorageAccount, table: str = "recoverytasks") -> None:
         self._account = account
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     @staticmethod
     def _report(ent: Any) -> SweepReport:

@@ -147,3 +147,14 @@ class StorageAccount:
         self._tables = self._blobs = self._credential = None
         self._table_clients = {}
         self._queues = {}
+
+
+class TableStore:
+    """Base of the adapters that keep their rows in one table: `_account` and `table_name` set by
+    the subclass; `_table` is the account's (shared, cached) client for it."""
+    _account: StorageAccount
+    table_name: str
+
+    @property
+    def _table(self) -> Any:
+        return self._account.table(self.table_name)

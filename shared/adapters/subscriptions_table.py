@@ -20,7 +20,7 @@ from azure.core.exceptions import (
 from ..services.subscriptions import LeaseLost, SubscriptionRecord
 from .errors import raise_storage
 from .keys import exact_hash, key_hash
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 MAILBOX = "mailbox"
 SUB = "sub"
@@ -30,14 +30,10 @@ def _dt(value: Any) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-class TableSubscriptionStore:
+class TableSubscriptionStore(TableStore):
     def __init__(self, account: StorageAccount, table: str = "subscriptions") -> None:
         self._account = account
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     @staticmethod
     def _from(ent: Any) -> SubscriptionRecord:

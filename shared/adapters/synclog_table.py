@@ -14,7 +14,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from .errors import raise_storage
-from .storage_clients import StorageAccount
+from .storage_clients import StorageAccount, TableStore
 
 _MAX_MS = 10 ** 15
 _MAX_DOC = 60_000  # a Table string holds 64 KiB
@@ -29,14 +29,10 @@ def _row_key(started: str, run: str) -> str:
     return f"{_MAX_MS - ms:015d}-{run}"
 
 
-class TableSyncLog:
+class TableSyncLog(TableStore):
     def __init__(self, account: StorageAccount, table: str = "synclog") -> None:
         self._account = account
         self.table_name = table
-
-    @property
-    def _table(self) -> Any:
-        return self._account.table(self.table_name)
 
     async def append(self, client: str, entry: dict[str, Any], keep: int) -> None:
         doc = dict(entry)

@@ -8,7 +8,8 @@ dev host's message lease (2 s here: a killed worker's message reappears 2 s late
 
 Killing a worker: `KillSwitch` wraps the ports the processor and the autoreply sender use (ledger,
 Graph, CRM, queue; claim store, TRAML) and, for the mails it was told to, raises `WorkerKilled` (a
-BaseException, as a dying process stops everything) right after their k-th side-effecting call.
+BaseException, as a dying process stops everything) right after the k-th step of the pipeline
+(PROCESS_SEQUENCE, AUTOREPLY_SEQUENCE: the side-effecting calls in the order a new mail makes them).
 Nothing is released: the ledger lease and the autoreply claim stay held, the queue message is
 neither completed nor made visible again (it reappears when the dev host's lease lapses). Then the
 clock moves past the leases, as it does while a dead worker's leases run out.
@@ -44,6 +45,14 @@ PROCESS_STEPS = {
     "queue": {"send"},
 }
 AUTOREPLY_STEPS = {"store": {"save"}, "traml": {"send_template"}, "crm": {"add_history"}, "limiter": {"acquire"}}
+# Those calls in the order a new mail from a new sender makes them (new ticket, autoreply on, mail
+# deleted): claim, GET, decision saved, person, ticket number reserved, placement saved, ticket,
+# ticket saved, Message-ID, note, CRM step saved, autoreply job, job saved, DELETE, finished.
+PROCESS_SEQUENCE = ("claim", "get_message", "save", "find_or_create_person", "reserve_ticket_number", "save",
+                    "create_ticket", "save", "add_message_ids", "add_history", "save", "send", "save",
+                    "delete_message", "save")
+# The autoreply sender's: rate limit, claim, send, verdict, `sentemail` note, saved.
+AUTOREPLY_SEQUENCE = ("acquire", "save", "send_template", "save", "add_history", "save")
 
 
 class WorkerKilled(BaseException):
@@ -59,20 +68,27 @@ class SimClock:
 
 
 class KillSwitch:
-    """Kills the invocation working on a chosen item right after its k-th side-effecting call."""
+    """Kills the invocation working on a chosen item right after the k-th step of `sequence`.
 
-    def __init__(self, name: str, on_kill: Callable[[str, int, str], None]) -> None:
+    Only a run that starts with the sequence's first call counts (one that found the lease held and
+    re-queued the job is not a pipeline run), and the kill happens only when the k-th call is the
+    k-th step: a run that a fault made take another path (the error's own ledger save, a resumed run
+    with fewer calls) does not kill, and its plan is left for the test to move to a fresh mail."""
+
+    def __init__(self, name: str, sequence: tuple[str, ...], on_kill: Callable[[str, int, str], None]) -> None:
         self.name = name
-        self.plans: dict[str, int] = {}  # item (message id, or ticket id) -> k
+        self.sequence = sequence
+        self.plans: dict[str, int] = {}  # item (message id) -> k
         self.fired: list[tuple[str, int, str]] = []
+        self.calls: dict[str, list[list[str]]] = {}  # item -> the counted calls of each of its runs
         self._on_kill = on_kill
-        self._current: contextvars.ContextVar[tuple[str, list[int]] | None] = contextvars.ContextVar(
+        self._current: contextvars.ContextVar[tuple[str, list[str]] | None] = contextvars.ContextVar(
             f"kill-{name}", default=None)
 
     def wrap_run(self, run: Callable[..., Any], item_of: Callable[[Any], str]) -> Callable[..., Any]:
         async def wrapped(job: Any, *args: Any, **kwargs: Any) -> Any:
             item = item_of(job)
-            token = self._current.set((item, [0]) if item in self.plans else None)
+            token = self._current.set((item, []) if item in self.plans else None)
             try:
                 return await run(job, *args, **kwargs)
             finally:
@@ -86,13 +102,19 @@ class KillSwitch:
         state = self._current.get()
         if state is None:
             return
-        item, count = state
-        count[0] += 1
-        if count[0] == self.plans.get(item):
+        item, calls = state
+        if not calls:
+            if method != self.sequence[0]:
+                self._current.set(None)  # not a pipeline run
+                return
+            self.calls.setdefault(item, []).append(calls)
+        calls.append(method)
+        k = len(calls)
+        if k == self.plans.get(item) and self.sequence[k - 1] == method:
             del self.plans[item]  # the redelivery runs clean
-            self.fired.append((item, count[0], method))
-            self._on_kill(item, count[0], method)
-            raise WorkerKilled(f"{self.name}: killed after call {count[0]} ({method})")
+            self.fired.append((item, k, method))
+            self._on_kill(item, k, method)
+            raise WorkerKilled(f"{self.name}: killed after step {k} ({method})")
 
 
 class _Killing:
@@ -186,14 +208,14 @@ class World:
     # fault hooks -------------------------------------------------------------------------------
     def _install_kill_switches(self) -> None:
         svc = self.services
-        self.process_kills = KillSwitch("process_message", self._killed)
+        self.process_kills = KillSwitch("process_message", PROCESS_SEQUENCE, self._killed)
         d = svc.processor.d
         d.ledger = self.process_kills.proxy(d.ledger, PROCESS_STEPS["ledger"])
         d.mail = self.process_kills.proxy(d.mail, PROCESS_STEPS["mail"])
         d.crm = self.process_kills.proxy(d.crm, PROCESS_STEPS["crm"])
         d.queue = self.process_kills.proxy(d.queue, PROCESS_STEPS["queue"])
         svc.processor.run = self.process_kills.wrap_run(svc.processor.run, lambda job: job.message_id)
-        self.autoreply_kills = KillSwitch("send_autoreply", self._killed)
+        self.autoreply_kills = KillSwitch("send_autoreply", AUTOREPLY_SEQUENCE, self._killed)
         a = svc.autoreplies
         for part, methods in AUTOREPLY_STEPS.items():
             setattr(a.d, part, self.autoreply_kills.proxy(getattr(a.d, part), methods))
@@ -212,6 +234,12 @@ class World:
         item = Delivered(address, mid, key, conversation, phase, notified=notify)
         self.delivered.append(item)
         return item
+
+    def notify(self, item: Delivered) -> None:
+        """Tell the app now of a mail delivered with ``notify=False`` (unless the simulator's
+        chaos drops the notification: `notified` says which)."""
+        records = self.graph.notify_created(item.address, [item.message_id])
+        item.notified = any(not r.dropped for r in records)
 
     def subscription_of(self, address: str) -> str:
         box = self.mailbox_ids[address]

@@ -471,6 +471,17 @@ async def test_subscription_handshake_notifications_lifecycle_and_expiry(
         batch = webhook.wait(2, "/ok/notifications")[-1]
         assert len(batch["json"]["value"]) == 3
 
+        # delivered silently, notified later (a test's plans are set up in between)
+        quiet = sim.deliver_many(address, [{"subject": f"q{i}"} for i in range(2)], notify=False)
+        time.sleep(0.2)
+        assert len(webhook.wait(2, "/ok/notifications")) == 2
+        (record,) = sim.notify_created(address, quiet)
+        assert not record.dropped and record.kind == "change"
+        later_batch = webhook.wait(3, "/ok/notifications")[-1]
+        assert [i["resourceData"]["id"] for i in later_batch["json"]["value"]] == quiet
+        with pytest.raises(KeyError):
+            sim.notify_created(address, ["no-such-message"])
+
         # renew via PATCH
         later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=6)
         renewed = await client.subscriptions.by_subscription_id(sub.id).patch(

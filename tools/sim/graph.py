@@ -850,6 +850,25 @@ class GraphSim(SimServer):
                                     delay_ms=delay_ms)
         return [m.imm_id for m in stored]
 
+    def notify_created(self, mailbox: str, message_ids: Iterable[str], duplicate: int = 0,
+                       delay_ms: float = 0) -> list[NotificationRecord]:
+        """Send the `created` change notifications of messages delivered with ``notify=False``
+        (a test sets up its plans for a message before anyone is told of it). Returns the
+        notification records (``dropped`` says which the simulator's chaos swallowed)."""
+        with self._lock:
+            mbx = self._mbx(mailbox)
+            by_folder: dict[str, list[_Msg]] = {}
+            for mid in message_ids:
+                msg = mbx.ids.get(mid)
+                if msg is None:
+                    raise KeyError(f"no message {mid} in {mailbox}")
+                by_folder.setdefault(msg.folder_id, []).append(msg)
+            records: list[NotificationRecord] = []
+            for folder_id, msgs in by_folder.items():
+                records += self._notify_change(mbx, folder_id, "created", msgs, duplicate=duplicate,
+                                               delay_ms=delay_ms)
+            return records
+
     def _prepare(self, message: dict[str, Any] | bytes | str
                  ) -> tuple[dict[str, Any], list[dict[str, Any]], bytes | None, str]:
         raw = None
@@ -2282,11 +2301,12 @@ class GraphSim(SimServer):
     # ---------------------------------------------------------------- change notifications
 
     def _notify_change(self, mbx: _Mailbox, folder_id: str, change: str, msgs: list[_Msg],
-                       duplicate: int = 0, delay_ms: float = 0) -> None:
+                       duplicate: int = 0, delay_ms: float = 0) -> list[NotificationRecord]:
         """Queue change notifications for the subscriptions watching that folder (lock held)."""
         sub_ids = self._subs_by_user.get(mbx.id)
+        records: list[NotificationRecord] = []
         if not sub_ids or not msgs:
-            return
+            return records
         by_url: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
         for sub_id in list(sub_ids):
             sub = self._live_sub(sub_id)
@@ -2319,8 +2339,9 @@ class GraphSim(SimServer):
                 chunk = items[start:start + size]
                 chunk_ids = sorted({i["subscriptionId"] for i in chunk}, key=ids.index)
                 for copy in range(1 + max(0, duplicate)):
-                    self._enqueue("change", url, {"value": chunk}, chunk_ids, delay_ms=delay_ms,
-                                  duplicate=copy > 0)
+                    records.append(self._enqueue("change", url, {"value": chunk}, chunk_ids,
+                                                 delay_ms=delay_ms, duplicate=copy > 0))
+        return records
 
     def _enqueue(self, kind: str, url: str, payload: Any, sub_ids: list[str],
                  delay_ms: float = 0, duplicate: bool = False) -> NotificationRecord:

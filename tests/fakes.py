@@ -6,6 +6,7 @@ the mail gateway's 404s, the queue's envelopes.  Tests assert on their state (`s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
@@ -126,6 +127,8 @@ class FakeMail:
         item = self.messages.get((mailbox.id, message_id))
         if not item:
             raise MailNotFound("404")
+        if message_id in self.categories:  # as Graph returns it after a PATCH of the categories
+            return dataclasses.replace(item["mail"], categories=tuple(self.categories[message_id]))
         return item["mail"]
 
     async def inbox_folder_id(self, mailbox: Mailbox) -> str:

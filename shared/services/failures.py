@@ -34,6 +34,7 @@ RETRY_BASE = timedelta(minutes=10)
 RETRY_MAX = timedelta(hours=4)
 # data["category"] values
 CATEGORY_PENDING, CATEGORY_APPLIED, CATEGORY_GONE = "pending", "applied", "gone"
+CATEGORY_CLEARED = "cleared"  # removed again when the mail was done after all (moved, not deleted)
 
 
 def retry_delay(retries_done: int) -> timedelta:
@@ -71,6 +72,26 @@ async def apply_failed_category(mail: MailGateway, mailbox: Mailbox, entry: Ledg
         state = CATEGORY_PENDING
     entry.data["category"] = state
     return state
+
+
+async def clear_failed_category(mail: MailGateway, mailbox: Mailbox, entry: LedgerEntry) -> None:
+    """Before a mail that was Failed is moved to a folder, processed after all (a recovery, the
+    sweep's retry): take FAILED_CATEGORY off it, keeping its other categories, so the folder does
+    not show done mail as failed. Only for rows that got (or may have got) the category; best
+    effort: a category left behind is cosmetic and must not hold up the move."""
+    if entry.data.get("category") not in (CATEGORY_APPLIED, CATEGORY_PENDING):
+        return
+    try:
+        current = await mail.get_message(mailbox, entry.message_id)
+        kept = [c for c in current.categories if c != FAILED_CATEGORY]
+        if len(kept) != len(current.categories):
+            await mail.set_categories(mailbox, entry.message_id, kept)
+        entry.data["category"] = CATEGORY_CLEARED
+    except MailNotFound:
+        entry.data["category"] = CATEGORY_GONE
+    except Exception as exc:  # noqa: BLE001 - InboxError or an SDK surprise: the move goes ahead
+        log.warning("failures.category-not-cleared mailbox=%s message=%s error=%s", mailbox.id, entry.message_id,
+                    type(exc).__name__)
 
 
 class FailureService:

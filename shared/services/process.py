@@ -32,6 +32,7 @@ from ..domain.model import (
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry, MailGateway
 from .attachments import AttachmentResult, AttachmentRules, AttachmentStore
 from .extension import Extension, run_extension
+from .failures import clear_failed_category
 from .mail_to_crm import Sender, find_thread, identify_sender
 
 log = logging.getLogger("inbox.process")
@@ -403,6 +404,7 @@ class MessageProcessor:
         if not entry.done(STEP_MAILBOX_ACTION):
             try:
                 if mailbox.action == ACTION_MOVE and mailbox.move_folder:
+                    await clear_failed_category(d.mail, mailbox, entry)  # it was Failed before
                     await d.mail.move_message(mailbox, job.message_id, mailbox.move_folder)
                 else:
                     await d.mail.delete_message(mailbox, job.message_id)

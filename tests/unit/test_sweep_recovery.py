@@ -7,6 +7,7 @@ the same use cases through the real app, Azurite and the Graph simulator.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from shared.domain import envelope
 from shared.domain.envelope import MessageJob
 from shared.domain.errors import LeaseHeld, PermanentError, TransientError
 from shared.domain.mail import Address, InboundMail
-from shared.domain.model import FAILED, PROCESSED, PROCESSING, InboxItem, LedgerEntry, Mailbox
+from shared.domain.model import ACTION_MOVE, FAILED, PROCESSED, PROCESSING, InboxItem, LedgerEntry, Mailbox
 from shared.services.failures import FAILED_CATEGORY, FailureService, retry_delay
 from shared.services.process import MessageProcessor, ProcessDeps
 from shared.services.recovery import (
@@ -349,6 +350,50 @@ async def test_permanent_error_goes_straight_to_failed_without_retries_and_the_s
     assert row.attempts == 1 and row.data["permanent"] is True and "title rejected" in row.last_error
     assert w.mail.categories[mid] == [FAILED_CATEGORY]
     assert (await sweep_mailbox(w.sweep, w.box)).retried == 0 and w.jobs() == []
+
+
+async def _failed_then_recovered(w: World, graph_refuses_categories: bool = False) -> str:
+    """A mail with a category of its own fails for good (category added), then a recovery by id
+    processes it after all."""
+    mid = w.put(timedelta(hours=1))
+    key = (w.box.id, mid)
+    w.mail.messages[key]["mail"] = dataclasses.replace(w.mail.messages[key]["mail"], categories=("Customer",))
+    w.crm.fail("create_ticket", PermanentError("title rejected"))
+    assert (await w.processor.run(MessageJob(mailbox_id=w.box.id, message_id=mid))).status == FAILED
+    assert w.mail.categories[mid] == ["Customer", FAILED_CATEGORY]
+    if graph_refuses_categories:
+        w.mail.faults["categorize"] = [TransientError("Graph 503")]
+    await w.recovery.start({"status": "failed", "mailbox": "user-1", "ids": [mid]})
+    await w.recovery.run(decode_job(w.queue.on(QUEUE_RECOVERY)[0]))
+    await w.drain()
+    return mid
+
+
+async def test_failed_mail_processed_after_all_loses_the_failed_category_before_it_is_moved():
+    w = World()
+    w.box.action, w.box.move_folder = ACTION_MOVE, "Handled"
+    mid = await _failed_then_recovered(w)
+    row = w.ledger.rows[(w.box.id, mid)]
+    assert row.status == PROCESSED and w.mail.moved == [(mid, "Handled")]
+    assert w.mail.categories[mid] == ["Customer"]  # its own category kept, ours gone
+    assert row.data["category"] == "cleared"
+
+
+async def test_the_failed_category_that_cannot_be_cleared_does_not_hold_up_the_move(caplog):
+    w = World()
+    w.box.action, w.box.move_folder = ACTION_MOVE, "Handled"
+    mid = await _failed_then_recovered(w, graph_refuses_categories=True)
+    assert w.ledger.rows[(w.box.id, mid)].status == PROCESSED and w.mail.moved == [(mid, "Handled")]
+    assert w.mail.categories[mid] == ["Customer", FAILED_CATEGORY]
+    assert "failures.category-not-cleared" in caplog.text and "Customer" not in caplog.text
+
+
+async def test_a_deleted_failed_mail_costs_no_extra_graph_call_for_its_category():
+    w = World()
+    mid = await _failed_then_recovered(w)
+    # GETs: the failed run's, the one adding the category, the recovered run's; none to clear it
+    assert w.mail.deleted == [mid] and w.mail.calls["get"] == 3
+    assert w.ledger.rows[(w.box.id, mid)].data["category"] == "applied"
 
 
 # recoveries -----------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@
   Insights. Without it every function here is a cheap no-op.
 - Metrics: `inbox.mails.received|processed|failed|skipped` (counters), `inbox.graph.duration`,
   `inbox.crm.duration`, `inbox.traml.duration` (histograms, ms, per operation and status), and
-  `inbox.throttled` (429 answers, per service).
+  `inbox.throttled` (429 answers, per service), `inbox.lifecycle` (Graph lifecycle events, per event
+  and outcome: reauthorized, recreated, swept, stale, ignored, retry, failed).
 
 Performs no I/O of its own (the exporter sends in its own threads).
 """
@@ -39,8 +40,9 @@ MAILS_PROCESSED = "inbox.mails.processed"
 MAILS_FAILED = "inbox.mails.failed"
 MAILS_SKIPPED = "inbox.mails.skipped"
 THROTTLED = "inbox.throttled"
+LIFECYCLE = "inbox.lifecycle"  # Graph lifecycle events handled, per event and outcome
 DURATIONS = {"graph": "inbox.graph.duration", "crm": "inbox.crm.duration", "traml": "inbox.traml.duration"}
-_COUNTERS = (MAILS_RECEIVED, MAILS_PROCESSED, MAILS_FAILED, MAILS_SKIPPED, THROTTLED)
+_COUNTERS = (MAILS_RECEIVED, MAILS_PROCESSED, MAILS_FAILED, MAILS_SKIPPED, THROTTLED, LIFECYCLE)
 LOGGER_PREFIX = "inbox"
 
 

@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
+from .. import telemetry
 from ..domain.clientstate import ClientStateSigner
 from ..domain.envelope import LifecycleJob
 from ..domain.errors import InboxError, MailNotFound, PermanentError, TransientError
@@ -475,7 +476,17 @@ class SubscriptionService:
     async def handle_lifecycle(self, job: LifecycleJob) -> str:
         """reauthorizationRequired -> reauthorize and renew; subscriptionRemoved -> recreate, then
         sweep the mailbox; missed -> sweep the mailbox.  Raises TransientError when the action could
-        not be done, so the queue retries it (and, in the end, lifecycle_failed records it)."""
+        not be done, so the queue retries it (and, in the end, lifecycle_failed records it).  Each
+        outcome is counted (`inbox.lifecycle`, by event and outcome)."""
+        try:
+            outcome = await self._handle_lifecycle(job)
+        except TransientError:
+            _count_lifecycle(job, "retry")
+            raise
+        _count_lifecycle(job, outcome)
+        return outcome
+
+    async def _handle_lifecycle(self, job: LifecycleJob) -> str:
         d = self.d
         box = await d.registry.get(job.mailbox_id) if job.mailbox_id else None
         event = job.lifecycle_event
@@ -523,6 +534,7 @@ class SubscriptionService:
         """lifecycle_failed: the event could not be handled after the queue's retries.  The mailbox
         shows as needing a sync, with the reason; the next sync (timer or manual) repairs it."""
         d = self.d
+        _count_lifecycle(job, "failed")
         log.error("lifecycle.failed correlation=%s mailbox=%s subscription=%s event=%s dequeue_count=%d",
                   job.correlation_id, job.mailbox_id or "-", job.subscription_id, job.lifecycle_event, dequeue_count)
         if not job.mailbox_id:
@@ -539,3 +551,13 @@ class SubscriptionService:
                 return
             except LeaseLost:
                 continue
+
+
+LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+
+
+def _count_lifecycle(job: LifecycleJob, outcome: str) -> None:
+    """One `inbox.lifecycle` count; an event name Graph does not define is counted as `other`
+    (the body came from outside: its text never becomes a metric dimension)."""
+    event = job.lifecycle_event if job.lifecycle_event in LIFECYCLE_EVENTS else "other"
+    telemetry.count(telemetry.LIFECYCLE, event=event, outcome=outcome)

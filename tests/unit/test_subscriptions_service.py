@@ -547,6 +547,40 @@ async def test_a_lifecycle_action_that_fails_raises_and_the_poison_handler_flags
     assert w.store.rows["user-1"].status == STATUS_ACTIVE and len(w.live("user-1")) == 1
 
 
+class _Counter:
+    """An OpenTelemetry counter's `add`, recorded (the exporter is tested in integration/)."""
+
+    def __init__(self) -> None:
+        self.adds: list[tuple[int, dict]] = []
+
+    def add(self, value: int, attributes: dict) -> None:
+        self.adds.append((value, attributes))
+
+
+async def test_every_lifecycle_outcome_is_counted_by_event_and_outcome(monkeypatch):
+    from shared import telemetry
+    counter = _Counter()
+    monkeypatch.setattr(telemetry._state, "enabled", True)
+    monkeypatch.setattr(telemetry._state, "counters", {telemetry.LIFECYCLE: counter})
+    w = World(box())
+    await w.service.sync()
+    await w.service.handle_lifecycle(job(w, "missed"))
+    await w.service.handle_lifecycle(job(w, "reauthorizationRequired", sub="an-old-one"))
+    await w.service.handle_lifecycle(job(w, "<b>made up</b>"))
+    del w.graph.subs[w.store.rows["user-1"].subscription_id]
+    w.graph.faults["create"] = [TransientError("Graph 503 during subscription create")]
+    with pytest.raises(TransientError):
+        await w.service.handle_lifecycle(job(w, "subscriptionRemoved"))
+    await w.service.record_lifecycle_failure(job(w, "subscriptionRemoved"), 5)
+    assert counter.adds == [
+        (1, {"event": "missed", "outcome": "swept"}),
+        (1, {"event": "reauthorizationRequired", "outcome": "stale"}),
+        (1, {"event": "other", "outcome": "ignored"}),  # an event Graph does not define: no free text
+        (1, {"event": "subscriptionRemoved", "outcome": "retry"}),
+        (1, {"event": "subscriptionRemoved", "outcome": "failed"}),
+    ]
+
+
 # -- mailboxes ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Cfg:

@@ -109,7 +109,8 @@ class Services:
     def status_deps(self) -> Any:
         from .services.status import StatusDeps
         return StatusDeps(registry=self.registry, ledger=self.ledger, subscriptions=self.subscriptions,
-                          mail=self.graph, clock=self.clock, sweep_state=self.sweep_state)
+                          mail=self.graph, clock=self.clock, sweep_state=self.sweep_state,
+                          warnings=self.clients.warnings)
 
     @cached_property
     def privacy(self) -> Any:

@@ -6,6 +6,8 @@ mails are Failed and unprocessed, when the last mail was processed, and the last
   status is not active (the subscriptions issue writes why in `last_error`), or one past its
   expiration. The sweep still finds its mail; the status says notifications are missing.
 - Active: otherwise.
+`warnings`: what will stop the service before it shows in those states, today a Graph client's
+secret that expires within 30 days (or has expired); any warning makes `healthy` false.
 Failed counts come from the `s-failed` index partition; unprocessed ones are counted live from the
 Inbox (see sweep.scan_unprocessed), up to COUNT_CAP per inbox (`unprocessed_more` says there are
 more). Performs I/O only through the ports.
@@ -16,7 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ..domain.errors import InboxError
 from ..domain.model import FAILED, Mailbox
@@ -39,6 +41,8 @@ class StatusDeps:
     mail: MailGateway
     clock: Clock
     sweep_state: Any = None  # SweepStateStore
+    # the Graph clients' secret-expiry warnings (services/clients.ClientService.warnings)
+    warnings: Callable[[], list[dict[str, Any]]] | None = None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -107,8 +111,11 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
         "failed": sum(i["failed"] for i in inboxes),
         "unprocessed": sum(i["unprocessed"] or 0 for i in inboxes),
     }
-    summary["healthy"] = summary["expired"] == 0 and summary["failed"] == 0 and summary["unprocessed"] == 0
-    return {"generated_at": now.isoformat(), "summary": summary, "inboxes": inboxes}
+    warnings = d.warnings() if d.warnings is not None else []
+    summary["warnings"] = len(warnings)
+    summary["healthy"] = summary["expired"] == 0 and summary["failed"] == 0 and summary["unprocessed"] == 0 \
+        and not warnings
+    return {"generated_at": now.isoformat(), "summary": summary, "inboxes": inboxes, "warnings": warnings}
 
 
 # the message lists ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 
 from shared.domain import envelope
 from shared.domain.envelope import MessageJob
-from tests.support.stack import ROOT, TENANT, WEBHOOK_KEY, Stack, make_mime
+from tests.support.stack import CLIENT_ID, ROOT, TENANT, WEBHOOK_KEY, Stack, make_mime
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
@@ -118,7 +118,10 @@ class Page:
 
 @pytest.fixture(scope="module")
 def stack():
-    with Stack() as s:
+    # the demo client's secret expires in 10 days: the page warns before anything stops
+    expires = (datetime.now(timezone.utc) + timedelta(days=10, hours=12)).date().isoformat()
+    clients = {"demo": {"tenant_id": TENANT, "client_id": CLIENT_ID, "credential": "secret", "secret_expires": expires}}
+    with Stack(extra_settings={"GRAPH_CLIENTS": json.dumps(clients)}) as s:
         # Enforce function keys like Azure does (Stack starts the dev host without): the webhook
         # URLs Graph calls carry WEBHOOK_KEY, and so does every request of this test.
         s.host._function_key = s.host._master_key = WEBHOOK_KEY
@@ -169,6 +172,8 @@ async def _drive(stack: Stack, failed: list[str], waiting: list[str]) -> dict[st
                     images: document.querySelectorAll('img').length,
                     title: document.title,
                     options: [...document.querySelectorAll('#recover-mailbox option')].map(o => o.textContent),
+                    warnings: [...document.querySelectorAll('#warnings li')].map(li => li.className + ': ' + li.textContent),
+                    healthy: document.getElementById('healthy').textContent,
                 }))()""")
                 await page.screenshot(ARTIFACTS / "dashboard-before-recovery.png")
 
@@ -200,6 +205,9 @@ def test_dashboard_shows_failed_and_unprocessed_mail_and_starts_a_recovery(stack
     assert sorted(r.split("\t")[3] for r in seen["waitingRows"]) == ["Waiting 0", "Waiting 1", "Waiting 2"]
     assert any(MAILBOX in r and "Active" in r for r in seen["inboxRows"])
     assert MAILBOX in seen["options"]
+    [warning] = seen["warnings"]
+    assert warning.startswith("warning: Graph client demo: the client secret expires in 10 day(s)"), warning
+    assert seen["healthy"] == "Needs attention"
 
     assert seen["after"] == "0", "the refreshed summary shows no unprocessed mail"
     assert seen["result"].startswith("Recovery done: 3 processed"), seen["result"]

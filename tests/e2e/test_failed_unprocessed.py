@@ -187,7 +187,9 @@ def test_a_new_mailbox_with_500_old_mails_waits_for_a_recovery_from_a_date(stack
 
     stack.host.invoke("sweep_inbox")
     assert stack.run(stack.services().ledger.get_many(mbid, list(ids.values()))) == {}
-    status = get(stack, "status", mailbox=MB_BACKFILL)["inboxes"][0]
+    doc = get(stack, "status", mailbox=MB_BACKFILL)
+    assert doc["warnings"] == [] and doc["summary"]["warnings"] == 0  # no secret expiry configured
+    status = doc["inboxes"][0]
     assert status["unprocessed"] == 500 and status["failed"] == 0 and status["status"] == "Active"
     listed = get(stack, "messages", status="unprocessed", mailbox=MB_BACKFILL, limit=1000)
     assert listed["count"] == 500 and all(m["before_start_date"] for m in listed["messages"])

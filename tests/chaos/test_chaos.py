@@ -233,10 +233,12 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     persons = Counter(p.get("email") for p in lime.objects("person"))
     sent = Counter(s["ExternalId"] for s in traml.sent_mail())
     ticket_ids = {f"hd{h['_id']}" for h in helpdesks}
+    uncertain = world.run(world.services.autoreplies.list_autoreplies("uncertain", 500))
 
     totals = {
         "mails": len({d.key for d in world.delivered}), "mailbox copies": len(world.delivered),
         "conversations": len(tickets_of), "tickets": len(helpdesks), "autoreplies": sum(sent.values()),
+        "autoreplies uncertain (not resent)": len(uncertain),
         "failed (with reason)": len(failed), "faults": dict(faults), "killed after": kill_points,
         "lost": len(lost), "doubled": len(doubled) + sum(1 for n in persons.values() if n > 1)
         + sum(1 for n in sent.values() if n > 1) + len(shared) + max(0, len(helpdesks) - len(tickets_of)),

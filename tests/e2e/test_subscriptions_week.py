@@ -76,16 +76,9 @@ def handled(stack: Stack) -> int:
 
 
 def run_sweep(stack: Stack) -> None:
-    """The sweep of issue 4: its timer when the app has it, else its service function."""
-    if "sweep_inbox" in stack.host.functions:
-        stack.host.invoke("sweep_inbox")
-        return
-    try:
-        from shared.services.sweep import sweep_all
-    except ImportError:
-        pytest.skip("issue 4's sweep (sweep_inbox / shared.services.sweep.sweep_all) is absent; "
-                    "the week needs it to pick up mail whose notification was missed")
-    stack.run(sweep_all(stack.services()))
+    """The sweep_inbox timer, now (picks up mail whose notification was missed)."""
+    assert "sweep_inbox" in stack.host.functions, "function_app registers no sweep_inbox timer"
+    stack.host.invoke("sweep_inbox")
 
 
 # -- manage API ------------------------------------------------------------------------------------

@@ -109,14 +109,10 @@ async def crm_backend(request: pytest.FixtureRequest) -> Any:
     if name in ("table", "lime"):
         backend.connection = request.getfixturevalue("azurite_connection")
     if name == "lime":
-        try:
-            from shared.adapters.crm_lime import LimeCrm
-            from tools.sim.lime import LimeSim
-        except ImportError as exc:  # pragma: no cover - until the adapter lands
-            pytest.skip(f"Lime CRM adapter or simulator not available: {exc}")
+        from shared.adapters.crm_lime import LimeCrm
+        from tools.sim.lime import LimeSim
         missing = [m for m in PORT_METHODS if not hasattr(LimeCrm, m)]
-        if missing:
-            pytest.skip(f"LimeCrm does not implement the CrmGateway port's {', '.join(missing)} yet")
+        assert not missing, f"LimeCrm does not implement the CrmGateway port's {', '.join(missing)}"
         backend.lime_sim = LimeSim().start()
     try:
         yield backend

@@ -118,8 +118,9 @@ class Page:
 
 @pytest.fixture(scope="module")
 def stack():
-    # the demo client's secret expires in 10 days: the page warns before anything stops
-    expires = (datetime.now(timezone.utc) + timedelta(days=10, hours=12)).date().isoformat()
+    # the demo client's secret expires in 10 days (a date: its midnight is 10 to 11 days away, so
+    # 10 whole days whatever the time of day): the page warns before anything stops
+    expires = (datetime.now(timezone.utc) + timedelta(days=11)).date().isoformat()
     clients = {"demo": {"tenant_id": TENANT, "client_id": CLIENT_ID, "credential": "secret", "secret_expires": expires}}
     with Stack(extra_settings={"GRAPH_CLIENTS": json.dumps(clients)}) as s:
         # Enforce function keys like Azure does (Stack starts the dev host without): the webhook

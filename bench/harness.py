@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.azurite import Azurite, free_port, start_azurite  # noqa: E402
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings  # noqa: E402
+from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings, stop_all  # noqa: E402
 from tools.sim.graph import GraphSim  # noqa: E402
 from tools.sim.lime import DEMO_API_KEY as LIME_KEY, LimeSim  # noqa: E402
 from tools.sim.traml import DEMO_API_KEY as TRAML_KEY, TramlSim  # noqa: E402
@@ -183,16 +183,8 @@ class BenchStack:
         return cpu_seconds(self.azurite.process.pid)
 
     def stop(self) -> None:
-        for part in [getattr(self, "http", None), *getattr(self, "processes", []),
-                     getattr(self, "graph", None), getattr(self, "lime", None), getattr(self, "traml", None)]:
-            if part is None:
-                continue
-            try:
-                (part.close if isinstance(part, httpx.Client) else part.stop)()
-            except Exception:  # noqa: BLE001 - stopping is best effort
-                pass
-        if getattr(self, "azurite", None):
-            self.azurite.stop()
+        stop_all(getattr(self, "http", None), *getattr(self, "processes", []),
+                 *(getattr(self, name, None) for name in ("graph", "lime", "traml", "azurite")))
 
     def __enter__(self) -> "BenchStack":
         try:

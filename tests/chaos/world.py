@@ -29,7 +29,7 @@ import httpx
 from shared.services.autoreply import CLAIM_SECONDS
 from shared.services.process import LEASE_SECONDS
 from tests.support.azurite import Azurite, free_port, start_azurite
-from tests.support.stack import CLIENT_ID, ROOT, SECRET, TENANT, app_settings
+from tests.support.stack import CLIENT_ID, ROOT, SECRET, TENANT, app_settings, stop_all
 from tools.sim.graph import GraphSim
 from tools.sim.lime import DEMO_API_KEY as LIME_KEY, LimeSim
 from tools.sim.traml import DEMO_API_KEY as TRAML_KEY, TramlSim
@@ -185,15 +185,7 @@ class World:
 
     def stop(self) -> None:
         from shared import bootstrap
-        for part in (getattr(self, "http", None), getattr(self, "host", None), getattr(self, "graph", None),
-                     getattr(self, "lime", None), getattr(self, "traml", None)):
-            if part is not None:
-                try:
-                    (part.close if isinstance(part, httpx.Client) else part.stop)()
-                except Exception:  # noqa: BLE001 - stopping is best effort
-                    pass
-        if getattr(self, "azurite", None):
-            self.azurite.stop()
+        stop_all(*(getattr(self, name, None) for name in ("http", "host", "graph", "lime", "traml", "azurite")))
         bootstrap.reset()
 
     @property

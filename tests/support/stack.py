@@ -46,6 +46,18 @@ def app_settings(connection: str, graph: GraphSim, public_url: str, **extra: str
     }
 
 
+def stop_all(*parts: Any) -> None:
+    """Close HTTP clients and stop hosts, simulators and Azurite, in order, best effort (one that
+    fails to stop does not keep the others running); None is skipped."""
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            (part.close if isinstance(part, httpx.Client) else part.stop)()
+        except Exception:  # noqa: BLE001 - stopping is best effort
+            pass
+
+
 def make_mime(sender: str = "anna@customer.example", to: str = "support@contoso.example",
               subject: str = "Printer broken", body: str = "It does not print.", html: str | None = None,
               headers: dict[str, str] | None = None, message_id: str | None = "auto",
@@ -102,14 +114,7 @@ class Stack:
 
     def stop(self) -> None:
         from shared import bootstrap
-        for part in (getattr(self, "http", None), self.host, self.graph):
-            if part is not None:
-                try:
-                    (part.close if hasattr(part, "close") else part.stop)()
-                except Exception:  # noqa: BLE001 - stopping is best effort
-                    pass
-        if self.azurite:
-            self.azurite.stop()
+        stop_all(getattr(self, "http", None), self.host, self.graph, self.azurite)
         bootstrap.reset()
 
     def __enter__(self) -> "Stack":

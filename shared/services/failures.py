@@ -8,9 +8,9 @@
    in the Inbox. If Graph is what is failing, the row keeps `category: pending` and the sweep
    applies it later. The handler never fails for that.
 
-`record_permanent` is the processor's hook for permanent errors (Failed without burning retries):
-the row is marked `permanent` (the sweep does not retry it; an admin's recovery does) and gets the
-category the same way.  Performs I/O only through the ports.
+`record_permanent` is the processor's hook for permanent errors (Failed without burning retries,
+the row already marked `permanent` by the processor: the sweep does not retry it, an admin's
+recovery does): the category, the same way.  Performs I/O only through the ports.
 """
 from __future__ import annotations
 
@@ -151,11 +151,9 @@ class FailureService:
         return "failed"
 
     async def record_permanent(self, mailbox: Mailbox, entry: LedgerEntry) -> None:
-        """The processor's hook after it recorded a permanent failure: no automatic retries, and
-        the category (best effort). Never raises: the Failed row is already written."""
+        """The processor's hook after it recorded a permanent failure (the row is Failed and
+        `permanent` already): the category (best effort). Never raises."""
         try:
-            entry.data["permanent"] = True
-            entry.data.pop("retry_at", None)
             await self._categorize(mailbox, entry)
         except Exception as exc:  # noqa: BLE001 - the failure itself is recorded; the sweep finishes this
             log.warning("failures.permanent-note-unsaved mailbox=%s message=%s error=%s", mailbox.id,

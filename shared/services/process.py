@@ -124,7 +124,10 @@ class MessageProcessor:
         except TransientError as exc:
             return await self._transient(job, entry, exc)
         except PermanentError as exc:
-            # Straight to Failed: retrying cannot help, so no queue retries are burned.
+            # Straight to Failed: retrying cannot help, so no queue retries are burned. Marked
+            # `permanent` in the same write, so the sweep never sees it as one to retry.
+            entry.data["permanent"] = True
+            entry.data.pop("retry_at", None)
             outcome = await self._finish(entry, FAILED, f"{type(exc).__name__}: {exc}", job)
             if self.d.on_failed is not None:
                 await self.d.on_failed(mailbox, entry)

@@ -396,6 +396,16 @@ async def test_a_deleted_failed_mail_costs_no_extra_graph_call_for_its_category(
     assert w.ledger.rows[(w.box.id, mid)].data["category"] == "applied"
 
 
+async def test_a_permanent_failure_is_marked_permanent_in_the_write_that_fails_it():
+    w = World()
+    w.processor.d.on_failed = None  # only the processor's own write: no later save may be needed
+    mid = w.put(timedelta(hours=1))
+    w.crm.fail("create_ticket", PermanentError("title rejected"))
+    await w.processor.run(MessageJob(mailbox_id=w.box.id, message_id=mid))
+    row = w.ledger.rows[(w.box.id, mid)]
+    assert row.status == FAILED and row.data["permanent"] is True  # a sweep in between never retries it
+
+
 # recoveries -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, message", [
     ({"status": "processed"}, "'status' must be"),

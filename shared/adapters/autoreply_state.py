@@ -29,7 +29,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from ..domain.errors import TransientError
 from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
-from .errors import raise_storage
+from .errors import STORAGE_ERRORS, raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount, TableStore
 
@@ -93,7 +93,7 @@ class TableAutoreplyStore(TableStore):
             return await self._table.get_entity(PARTITION, ticket_key(ticket_id))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply read")
 
     async def get(self, ticket_id: str) -> AutoreplyRecord | None:
@@ -122,8 +122,8 @@ class TableAutoreplyStore(TableStore):
                 meta = await self._table.create_entity(entity)
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise ClaimConflict("autoreply row changed by another worker") from None
-        except HttpResponseError as exc:
-            if exc.status_code in (409, 412):
+        except STORAGE_ERRORS as exc:
+            if getattr(exc, "status_code", None) in (409, 412):
                 raise ClaimConflict("autoreply row changed by another worker") from None
             raise_storage(exc, "autoreply write")
         record.etag = meta.get("etag", "")
@@ -146,7 +146,7 @@ class TableAutoreplyStore(TableStore):
                     await self._table.delete_entity(old[0], old[1])
                 except ResourceNotFoundError:
                     pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply index write")
 
     async def list(self, status: str, limit: int = 100) -> list[AutoreplyRecord]:
@@ -160,7 +160,7 @@ class TableAutoreplyStore(TableStore):
                 rows.append(ent)
                 if len(rows) >= limit:
                     break
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply list")
         sem = asyncio.Semaphore(16)
 
@@ -188,7 +188,7 @@ class TableAutoreplyStore(TableStore):
         try:
             found = [e async for e in self._table.query_entities(
                 "PartitionKey eq @pk and recipient eq @a", parameters={"pk": PARTITION, "a": wanted})]
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply erase")
         scrubbed = 0
         for ent in found:
@@ -225,7 +225,7 @@ class TableAutoreplyStore(TableStore):
                         except ResourceNotFoundError:
                             pass
                 deleted += 1
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply purge")
         return deleted
 
@@ -277,10 +277,10 @@ class TableRateLimiter(TableStore):
                     return True
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     pass  # another worker counted first: read again
-                except HttpResponseError as exc:
-                    if exc.status_code not in (409, 412):
+                except STORAGE_ERRORS as exc:
+                    if getattr(exc, "status_code", None) not in (409, 412):
                         raise
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "rate limit")
             await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
         raise TransientError("the recipient's rate-limit row is contended; try again", retry_after=1)
@@ -292,7 +292,7 @@ class TableRateLimiter(TableStore):
             return 1
         except ResourceNotFoundError:
             return 0
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "rate limit erase")
 
     async def purge(self, now: datetime) -> int:
@@ -307,6 +307,6 @@ class TableRateLimiter(TableStore):
                     deleted += 1
                 except ResourceNotFoundError:
                     pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "rate limit purge")
         return deleted

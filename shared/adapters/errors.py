@@ -7,6 +7,11 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 
 from ..domain.errors import PermanentError, TransientError
 
+# What a Storage call raises when it failed: an answer (HttpResponseError and its subclasses) or
+# none at all (connection refused, reset, timed out). `except STORAGE_ERRORS: raise_storage(...)`
+# turns both into the domain's errors, so an unreachable account is transient, not a crash.
+STORAGE_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
+
 
 def raise_storage(exc: Exception, what: str) -> NoReturn:
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):

@@ -76,7 +76,7 @@ def decode(text: str | bytes, expect: type[T]) -> T:
     """Parse an envelope of the expected kind; MalformedEnvelope (permanent) otherwise."""
     try:
         doc: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's limit
         raise MalformedEnvelope("queue message is not JSON") from None
     if not isinstance(doc, dict):
         raise MalformedEnvelope("queue message is not a JSON object")

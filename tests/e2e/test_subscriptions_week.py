@@ -172,6 +172,29 @@ def test_subscription_removed_recreates_it_and_sweeps_the_mailbox(stack):
     assert row(stack, BY_ADDRESS, mid).source == "sweep"
 
 
+def test_mail_that_arrived_while_no_subscription_existed_is_taken_at_once_however_young(stack):
+    """After subscriptionRemoved no notification will ever come for the mail that arrived meanwhile:
+    the repair's sweep takes it now, however young (it used to skip mail younger than the grace
+    period, which then waited for the next timer sweep, up to 15 minutes). The timer is not run."""
+    old = the_sub(stack, BY_ID)
+    mid = stack.graph.deliver(BY_ID, make_mime(to=BY_ID, subject="Arrived while unsubscribed"), notify=False)
+    stack.graph.fire_lifecycle(old["id"], "subscriptionRemoved")  # removes it in the simulator too
+    stack.wait_until(lambda: [s for s in live_subs(stack, BY_ID) if s["id"] != old["id"]], what="recreated")
+    stack.wait_until(lambda: finished(stack, BY_ID, mid), what="swept at once and processed")
+    assert row(stack, BY_ID, mid).status == "processed" and row(stack, BY_ID, mid).source == "sweep"
+
+
+def test_young_mail_whose_notification_was_missed_is_taken_at_once(stack):
+    stack.graph.drop_notifications = True
+    try:
+        mid = stack.graph.deliver(BY_ID, make_mime(to=BY_ID, subject="Missed and young"))
+    finally:
+        stack.graph.drop_notifications = False
+    stack.graph.fire_lifecycle(the_sub(stack, BY_ID)["id"], "missed")
+    stack.wait_until(lambda: finished(stack, BY_ID, mid), what="swept at once and processed")
+    assert row(stack, BY_ID, mid).source == "sweep"
+
+
 def test_missed_sweeps_the_mailbox(stack):
     mid = unnotified_mail(stack, BY_ID, "Notification missed")
     stack.graph.fire_lifecycle(the_sub(stack, BY_ID)["id"], "missed")

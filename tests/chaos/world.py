@@ -4,7 +4,11 @@ can be restarted mid-run), and the Graph, Lime CRM and TRAML simulators, plus th
 Time: the app reads the Graph simulator's movable clock (bootstrap.override), so leases, claims,
 the sweep's grace, its retry schedule and "several minutes" of outage pass by moving that clock,
 not by waiting. Real time still drives the queues (host.json's 10 s visibility timeout) and the
-dev host's message lease (2 s here: a killed worker's message reappears 2 s later).
+dev host's message lease (2 s here: a killed worker's message reappears 2 s later). A job the app
+re-enqueues after a transient failure carries its next try's time on the app's clock (not_before,
+shared/domain/retry.py) and is put back when delivered early; `TimeLapse` shortens the real-time
+visibility delay of those puts to a second, so that minutes the test passes in a step of the
+clock do not become minutes of real waiting.
 
 Killing a worker: `KillSwitch` wraps the ports the processor and the autoreply sender use (ledger,
 Graph, CRM, queue; claim store, TRAML) and, for the mails it was told to, raises `WorkerKilled` (a
@@ -53,6 +57,23 @@ PROCESS_SEQUENCE = ("claim", "get_message", "save", "find_or_create_person", "re
                     "delete_message", "save")
 # The autoreply sender's: rate limit, claim, send, verdict, `sentemail` note, saved.
 AUTOREPLY_SEQUENCE = ("acquire", "save", "send_template", "save", "add_history", "save")
+
+
+class TimeLapse:
+    """The processor's and the autoreply sender's queue, with each visibility delay cut to `cap`
+    real seconds. The app still decides when a re-enqueued job runs, on its own (moved) clock."""
+
+    def __init__(self, queue: Any, cap: float = 1.0) -> None:
+        self._queue, self.cap = queue, cap
+        self.delayed = 0  # puts with a delay: re-enqueues after transient failures, and put-backs
+
+    async def send(self, queue: str, job: Any, visibility_timeout: int = 0) -> None:
+        if visibility_timeout:
+            self.delayed += 1
+        await self._queue.send(queue, job, visibility_timeout=min(visibility_timeout, self.cap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
 
 
 class WorkerKilled(BaseException):
@@ -200,6 +221,9 @@ class World:
     # fault hooks -------------------------------------------------------------------------------
     def _install_kill_switches(self) -> None:
         svc = self.services
+        self.time_lapse = TimeLapse(svc.processor.d.queue)
+        svc.processor.d.queue = self.time_lapse
+        svc.autoreplies.d.queue = TimeLapse(svc.autoreplies.d.queue)
         self.process_kills = KillSwitch("process_message", PROCESS_SEQUENCE, self._killed)
         d = svc.processor.d
         d.ledger = self.process_kills.proxy(d.ledger, PROCESS_STEPS["ledger"])

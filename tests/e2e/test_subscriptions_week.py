@@ -130,6 +130,25 @@ def test_mailbox_crud_and_bad_input(stack):
     assert http.delete(f"/api/manage/mailboxes/{mid}").status_code == 404
 
 
+def test_a_graph_answer_retrying_cannot_change_is_shown_as_what_it_is(stack):
+    """Graph answering 501 (and the like) was shown as "Graph or storage is unavailable, try again"."""
+    address = "not-implemented@contoso.example"
+    stack.graph.add_mailbox(address, tenant_id=TENANT)
+    rule = stack.graph.faults.add(501, path_regex=r"/mailFolders/inbox", count=-1)
+    try:
+        resp = stack.http.post("/api/manage/mailboxes", json={"address": address, "client": "demo"})
+        assert resp.status_code == 502, resp.text
+        error = resp.json()["error"]
+        assert "501 (Not Implemented)" in error and "retrying cannot change" in error and "try again" not in error
+        report = stack.http.post("/api/manage/clients/demo/validate", params={"mailbox": BY_ID}).json()
+        [check] = [c for c in report["checks"] if c["check"] == "mailbox"]
+        assert check["ok"] is False and check["reason"] == "graph_refused" and "501" in check["detail"], check
+        assert rule.fired == 2  # once each: never retried
+    finally:
+        stack.graph.faults.remove(rule.id)
+    assert stack.http.get(f"/api/manage/mailboxes/{address}").status_code == 404  # nothing saved
+
+
 def test_clients_validate_sync_and_synclog(stack):
     http = stack.http
     clients = http.get("/api/manage/clients").json()["clients"]

@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python bench/webhook.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/lifecycle.py
 
 clean:
 	rm -rf $(VENV) tools/azurite/node_modules .azurite artifacts

@@ -80,7 +80,8 @@ class Mails:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.originals: dict[str, tuple[str, str, str, str]] = {}  # conversation -> (box, sender, subject, id)
-        self.senders = [f"Customer {i} <customer{i}@firm{i % 5}.example>" for i in range(24)]
+        # as many conversations per sender at any scale (the per-recipient autoreply limit is 10)
+        self.senders = [f"Customer {i} <customer{i}@firm{i % 5}.example>" for i in range(round(24 * FACTOR))]
         self.count = 0
 
     def new(self, box: str, phase: str, fresh_sender: bool = False) -> tuple[str, bytes]:
@@ -115,10 +116,10 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     graph.notification_jitter_ms = 600  # delayed and reordered
     graph.duplicate_notifications = 0.25
     graph.drop_notifications = 0.1
-    graph_rules = [graph.faults.add(429, path_regex=r"/messages/", count=8, retry_after=1),
-                   graph.faults.add(503, path_regex=r"/messages/", count=6),
-                   graph.faults.add(500, path_regex=r"/messages/", count=6),
-                   graph.faults.add(None, path_regex=r"/messages/", count=5, drop_connection=True)]
+    graph_rules = [graph.faults.add(429, path_regex=r"/messages/", count=round(8 * FACTOR), retry_after=1),
+                   graph.faults.add(503, path_regex=r"/messages/", count=round(6 * FACTOR)),
+                   graph.faults.add(500, path_regex=r"/messages/", count=round(6 * FACTOR)),
+                   graph.faults.add(None, path_regex=r"/messages/", count=round(5 * FACTOR), drop_connection=True)]
     # 36 mails, delivered silently so that every kill plan is in place before anyone is told; the
     # victims write to us for the first time, so their pipelines have every step (a person to create)
     plans = [(world.process_kills, k) for k in PROCESS_KILL_STEPS] + \

@@ -31,10 +31,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
 from . import tls
+from .errors import unreachable
 from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
-from ..domain.errors import MailNotFound, PermanentError, TransientError
+from ..domain.errors import MailNotFound, PermanentError, TransientError, Unavailable
 from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
 from ..domain.model import InboxItem, Mailbox, SubscriptionInfo
 
@@ -79,6 +80,10 @@ class GraphClients:
         self._settings = settings
         self._clients: dict[str, Any] = {}
         self._credentials: dict[str, Any] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.graph_base_url
 
     def config(self, name: str) -> GraphClientConfig:
         try:
@@ -172,10 +177,11 @@ class GraphClients:
         self._clients[name] = client
         return client
 
-    def untrusted(self, service: str, detail: str) -> tls.CertificateUntrusted:
+    def unreachable(self, service: str, exc: BaseException, what: str = "") -> Unavailable:
+        """The named failure to reach Entra ('entra': GRAPH_AUTHORITY_HOST) or Graph ('graph')."""
         s = self._settings
-        url = s.graph_authority_host if service == "Entra ID" else s.graph_base_url
-        return tls.untrusted(service, url, detail, s.ca_bundle)
+        url = s.graph_authority_host if service == "entra" else s.graph_base_url
+        return unreachable(service, url, exc, s.ca_bundle, what)
 
     async def close(self) -> None:
         for cred in self._credentials.values():
@@ -239,25 +245,27 @@ class GraphAdapter:
                             self.stats["throttled"] += 1
                             self._paused_until[key] = time.monotonic() + (wait or 1.0)
                             self._pacer.throttled(key, wait or 1.0)
-                        transient = TransientError(f"Graph {status} during {what}", retry_after=wait)
+                        transient = Unavailable(f"Graph {status} during {what}", "graph_unavailable",
+                                                service="Microsoft Graph", retry_after=wait,
+                                                host=urlparse(self._clients.base_url).hostname or "",
+                                                detail={"status": status})
                     elif status in (401, 403):
                         raise GraphAccessDenied(f"Graph {status} during {what}: {message}") from None
                     else:
                         raise PermanentError(f"Graph {status} during {what}: {message}") from None
                 except ClientAuthenticationError as exc:
+                    if "AADSTS" not in str(exc.message or exc) and _network_failure(exc):
+                        raise self._clients.unreachable("entra", exc, what) from None
                     text = str(exc.message or exc)
                     code = text[text.find("AADSTS"):][:14] if "AADSTS" in text else "token request failed"
                     raise CredentialError(f"Graph client {client!r} could not get a token: {code}") from None
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    untrusted = tls.certificate_problem(exc)
-                    if untrusted:
-                        raise self._clients.untrusted("Microsoft Graph", untrusted) from None
-                    transient = TransientError(f"Graph unreachable during {what}: {type(exc).__name__}")
-                except ServiceRequestError as exc:  # the token request could not be sent
-                    untrusted = tls.certificate_problem(exc)
-                    if untrusted:
-                        raise self._clients.untrusted("Entra ID", untrusted) from None
-                    raise
+                    failure = self._clients.unreachable("graph", exc, what)
+                    if failure.reason in ("tls_untrusted", "proxy_failed"):
+                        raise failure from None  # retrying cannot help until a setting is fixed
+                    transient = failure
+                except ServiceRequestError as exc:  # the token request could not be sent: not retried here
+                    raise self._clients.unreachable("entra", exc, what) from None
             # out of the semaphore while waiting
             attempt += 1
             delay = wait if wait is not None else min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random())
@@ -522,12 +530,11 @@ class GraphAdapter:
         try:
             token = await cred.get_token(self._clients.graph_scope())
         except ServiceRequestError as exc:
-            untrusted = tls.certificate_problem(exc)
-            if untrusted:
-                raise self._clients.untrusted("Entra ID", untrusted) from None
-            raise
+            raise self._clients.unreachable("entra", exc, "token request") from None
         except ClientAuthenticationError as exc:
             text = str(getattr(exc, "message", None) or exc)
+            if "AADSTS" not in text and _network_failure(exc):
+                raise self._clients.unreachable("entra", exc, "token request") from None
             match = re.search(r"AADSTS(\d+)", text)
             error = CredentialError(f"Graph client {client!r} could not get a token: "
                                     f"{'AADSTS' + match.group(1) if match else 'token request failed'}")
@@ -555,6 +562,45 @@ class GraphAdapter:
         doc = await self._get_json(client, graph_user, info, "mailbox probe")
         return str(doc.get("id", ""))
 
+    async def get_folder(self, client: str, graph_user: str, folder: str) -> dict[str, Any]:
+        """One mail folder by id or well-known name ({id, displayName}); MailNotFound when the
+        mailbox has none by that id or name."""
+        from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+            MailFolderItemRequestBuilder,
+        )
+        query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(
+            select=["id", "displayName", "parentFolderId"])
+        info = self._clients.client(client).users.by_user_id(graph_user).mail_folders.by_mail_folder_id(
+            folder).to_get_request_information(self._cfg(query))
+        return await self._get_json(client, graph_user, info, "folder get")
+
+    async def list_folders(self, client: str, graph_user: str, limit: int = 500) -> list[dict[str, Any]]:
+        """The mailbox's mail folders, breadth first, with their paths from the top of the
+        mailbox ('Inbox/Processed'): [{id, path, display_name}], at most `limit` of them."""
+        from msgraph.generated.users.item.mail_folders.mail_folders_request_builder import (
+            MailFoldersRequestBuilder,
+        )
+        user = self._clients.client(client).users.by_user_id(graph_user)
+        query = MailFoldersRequestBuilder.MailFoldersRequestBuilderGetQueryParameters(
+            select=["id", "displayName", "childFolderCount"], top=100)
+        out: list[dict[str, Any]] = []
+        todo: list[tuple[str, Any]] = [("", user.mail_folders)]
+        while todo and len(out) < limit:
+            prefix, builder = todo.pop(0)
+            info = builder.to_get_request_information(self._cfg(query))
+            while len(out) < limit:
+                doc = await self._get_json(client, graph_user, info, "folder list")
+                for f in doc.get("value") or ():
+                    path = f"{prefix}/{f.get('displayName', '')}" if prefix else str(f.get("displayName", ""))
+                    out.append({"id": f.get("id", ""), "path": path, "display_name": f.get("displayName", "")})
+                    if f.get("childFolderCount"):
+                        todo.append((path, user.mail_folders.by_mail_folder_id(f["id"]).child_folders))
+                next_link = doc.get("@odata.nextLink")
+                if not next_link:
+                    break
+                info = builder.with_url(next_link).to_get_request_information(self._cfg())
+        return out[:limit]
+
     async def resolve_user(self, client: str, address: str) -> str | None:
         from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
         query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id"])
@@ -564,6 +610,22 @@ class GraphAdapter:
         except GraphAccessDenied:
             return None
         return str(doc.get("id") or "") or None
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """A ClientAuthenticationError that only wraps a failure to reach the authority (some credential
+    kinds wrap connection errors instead of raising ServiceRequestError)."""
+    from azure.core.exceptions import ServiceRequestError
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(seen) < 10:
+        seen.append(cur)
+        if isinstance(cur, (ServiceRequestError, ConnectionError, TimeoutError, OSError)):
+            return True
+        cur = cur.__cause__ or cur.__context__ or getattr(cur, "inner_exception", None)
+        if any(cur is s for s in seen):
+            break
+    return False
 
 
 def _jwt_claims(token: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import MailNotFound, PermanentError, TransientError
+from ..domain.errors import MailNotFound, PermanentError, Refusal, TransientError
 from ..domain.model import Mailbox
 from ..ports import Clock, MailboxRegistry
 
@@ -40,8 +40,10 @@ AADSTS_REASONS = {
 }
 
 
-class ClientNotFound(PermanentError):
-    pass
+class ClientNotFound(Refusal, PermanentError):
+    """No Graph client (or mailbox) by that name (404)."""
+
+    kind, reason = "not_found", "not_found"
 
 
 def secret_expiry(expires: str, now: datetime) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..domain.errors import InboxError
+from ..domain.errors import InboxError, Refusal
 from ..domain.model import FAILED, Mailbox
 from ..ports import Clock, MailboxRegistry, MailGateway
 from .sweep import scan_unprocessed, start_of
@@ -123,8 +123,10 @@ LISTABLE = ("failed", "unprocessed", "skipped")
 MAX_LIST = 1000
 
 
-class ListRequestError(ValueError):
+class ListRequestError(Refusal, ValueError):
     """A bad list request (400)."""
+
+    kind, reason = "bad_request", "invalid_parameter"
 
 
 def _message_view(row: Any, mailbox: Mailbox | None, status: str) -> dict[str, Any]:
@@ -143,7 +145,8 @@ async def list_messages(d: StatusDeps, status: str, mailbox_ref: str | None = No
                         limit: int = 100) -> dict[str, Any]:
     """Failed, Skipped (from their index partitions) or unprocessed (from the Inboxes) mail."""
     if status not in LISTABLE:
-        raise ListRequestError("'status' must be one of failed, unprocessed, skipped")
+        raise ListRequestError(f"'status' must be one of {', '.join(LISTABLE)}, got {str(status)[:40]!r}",
+                               field="status", detail={"allowed": list(LISTABLE)})
     limit = max(1, min(limit, MAX_LIST))
     boxes = await d.registry.list()
     by_id = {b.id: b for b in boxes}
@@ -151,7 +154,8 @@ async def list_messages(d: StatusDeps, status: str, mailbox_ref: str | None = No
         wanted = mailbox_ref.strip().lower()
         boxes = [b for b in boxes if b.id.lower() == wanted or b.address.lower() == wanted]
         if not boxes:
-            raise ListRequestError(f"no mailbox {mailbox_ref!r} is registered")
+            raise ListRequestError(f"no mailbox {mailbox_ref!r} is registered (GET /api/manage/mailboxes lists them)",
+                                   "not_found", field="mailbox", kind="not_found")
     out: list[dict[str, Any]] = []
     more = False
     if status in ("failed", "skipped"):

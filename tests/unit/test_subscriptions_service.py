@@ -26,7 +26,8 @@ from shared.domain.errors import MailNotFound, PermanentError, TransientError
 from shared.domain.model import Mailbox, SubscriptionInfo
 from shared.services.clients import ClientNotFound, ClientService, secret_expiry
 from shared.services.mailboxes import (
-    MailboxNotFound, MailboxService, MailboxUnreachable, ValidationError, address_only_id, mailbox_from_request,
+    MailboxExists, MailboxNotFound, MailboxService, MailboxUnreachable, ValidationError, address_only_id,
+    mailbox_from_request,
 )
 from shared.services.subscriptions import (
     MAX_SUBSCRIPTION_MINUTES, RENEW_WINDOW, STATUS_ACTIVE, STATUS_EXPIRED, STATUS_INACTIVE, STATUS_NEEDS_SYNC,
@@ -612,9 +613,10 @@ async def test_add_resolves_the_object_id_or_uses_an_opaque_key_and_subscribes()
                                              "active": False}, CLIENTS, w.clock.now()))
     assert r2.mailbox.id == address_only_id("shared@ours.example") and "@" not in r2.mailbox.id
     assert r2.mailbox.warnings and r2.outcome is None and w.live(r2.mailbox.id) == []
-    with pytest.raises(ValidationError):
+    with pytest.raises(MailboxExists) as exc:  # 409, naming the route that changes it
         await svc.add(mailbox_from_request({"address": "SHARED@ours.example", "client": "main"}, CLIENTS,
                                            w.clock.now()))
+    assert exc.value.kind == "conflict" and f"PATCH /api/manage/mailboxes/{r2.mailbox.id}" in str(exc.value)
     assert (await svc.get("shared@ours.example")).mailbox.id == r2.mailbox.id
 
 
@@ -666,8 +668,8 @@ async def test_patch_deactivates_reactivates_and_moves_client_and_delete_removes
     assert r.outcome.action == "created" and r.mailbox.move_folder == "Processed" and len(w.live("u-a")) == 1
     r = await svc.update("u-a", {"client": "other"})
     assert [s.client for s in w.live("u-a")] == ["other"]
-    r = await svc.update("u-a", {"routing": {"type": "support"}})
-    assert r.outcome is None and w.registry.boxes["u-a"].routing == {"type": "support"}
+    r = await svc.update("u-a", {"routing": {"values": {"type": "support"}}})
+    assert r.outcome is None and w.registry.boxes["u-a"].routing == {"values": {"type": "support"}}
     with pytest.raises(ValidationError, match="address cannot change"):
         await svc.update("u-a", {"address": "b@ours.example"})
     outcome = await svc.delete("u-a")

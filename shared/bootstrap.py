@@ -108,9 +108,12 @@ class Services:
     @cached_property
     def status_deps(self) -> Any:
         from .services.status import StatusDeps
+        from .services.health import HealthDeps, health_warnings
+        health = HealthDeps(settings=self.settings, traml=self.traml, traml_configured=self.traml_configured,
+                            autoreply_store=self.autoreplies.d.store, crm=self.crm)
         return StatusDeps(registry=self.registry, ledger=self.ledger, subscriptions=self.subscriptions,
                           mail=self.graph, clock=self.clock, sweep_state=self.sweep_state,
-                          warnings=self.clients.warnings)
+                          warnings=self.clients.warnings, health=lambda boxes: health_warnings(health, boxes))
 
     @cached_property
     def privacy(self) -> Any:

@@ -53,16 +53,17 @@ def secret_expiry(expires: str, now: datetime) -> dict[str, Any] | None:
     try:
         when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
     except ValueError:
-        return {"level": "error", "message": f"secret_expires {expires!r} is not an ISO 8601 date"}
+        return {"reason": "secret_expiry_invalid", "level": "error",
+                "message": f"secret_expires {expires!r} is not an ISO 8601 date"}
     if when.tzinfo is None:
         when = when.replace(tzinfo=now.tzinfo)
     left = when - now
     if left <= timedelta(0):
-        return {"level": "error", "expires": when.isoformat(),
+        return {"reason": "secret_expired", "level": "error", "expires": when.isoformat(),
                 "message": f"the client secret expired {-left.days} day(s) ago: create a new one, or move to a "
                            "federated credential (managed identity) that has nothing to expire"}
     if left <= SECRET_WARNING:
-        return {"level": "warning", "expires": when.isoformat(),
+        return {"reason": "secret_expiring", "level": "warning", "expires": when.isoformat(),
                 "message": f"the client secret expires in {left.days} day(s): create a new one and update the "
                            "Key Vault secret, or move to a federated credential"}
     return None
@@ -132,7 +133,9 @@ class ClientService:
             cfg = self.clients[name]
             expiry = secret_expiry(cfg.secret_expires, self.clock.now()) if cfg.credential == "secret" else None
             if expiry:
-                out.append({"client": name, **expiry})
+                out.append({"client": name, **expiry,
+                            "fix": "create a new client secret and update its setting (Key Vault), or move to "
+                                   "a federated credential (managed_identity)"})
         return out
 
     async def validate(self, name: str, mailbox: str | None = None) -> dict[str, Any]:

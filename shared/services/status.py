@@ -6,8 +6,10 @@ mails are Failed and unprocessed, when the last mail was processed, and the last
   status is not active (the subscriptions issue writes why in `last_error`), or one past its
   expiration. The sweep still finds its mail; the status says notifications are missing.
 - Active: otherwise.
-`warnings`: what will stop the service before it shows in those states, today a Graph client's
-secret that expires within 30 days (or has expired); any warning makes `healthy` false.
+`warnings`: what stops mail or autoreplies, or will: a Graph client's secret that expires within
+30 days (or has expired), and services/health.py's (no inbox, a misconfigured mailbox, autoreplies
+without TRAML or a known template, failed or uncertain autoreplies, placeholder secrets...); any
+warning makes `healthy` false. Each is {reason, level, message, fix?, mailbox?, client?}.
 Failed counts come from the `s-failed` index partition; unprocessed ones are counted live from the
 Inbox (see sweep.scan_unprocessed), up to COUNT_CAP per inbox (`unprocessed_more` says there are
 more). Performs I/O only through the ports.
@@ -18,7 +20,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..domain.errors import InboxError, Refusal
 from ..domain.model import FAILED, Mailbox
@@ -43,6 +45,8 @@ class StatusDeps:
     sweep_state: Any = None  # SweepStateStore
     # the Graph clients' secret-expiry warnings (services/clients.ClientService.warnings)
     warnings: Callable[[], list[dict[str, Any]]] | None = None
+    # everything else that stops mail or autoreplies (services/health.py), given every mailbox
+    health: Callable[[list[Mailbox]], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,7 +73,7 @@ def inbox_state(mailbox: Mailbox, sub: Any, now: datetime) -> tuple[str, str]:
 async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_inactive: bool = False,
                        count_unprocessed: bool = True, concurrency: int = 4) -> dict[str, Any]:
     now = d.clock.now()
-    boxes = await d.registry.list()
+    boxes = all_boxes = await d.registry.list()
     if mailbox_ref:
         wanted = mailbox_ref.strip().lower()
         boxes = [b for b in boxes if b.id.lower() == wanted or b.address.lower() == wanted]
@@ -112,6 +116,11 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
         "unprocessed": sum(i["unprocessed"] or 0 for i in inboxes),
     }
     warnings = d.warnings() if d.warnings is not None else []
+    if d.health is not None:
+        warnings = warnings + await d.health(all_boxes)
+    if mailbox_ref:  # one inbox's view: its own warnings and those of the whole service
+        shown = {b.address for b in boxes}
+        warnings = [w for w in warnings if not w.get("mailbox") or w["mailbox"] in shown]
     summary["warnings"] = len(warnings)
     summary["healthy"] = summary["expired"] == 0 and summary["failed"] == 0 and summary["unprocessed"] == 0 \
         and not warnings

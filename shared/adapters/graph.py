@@ -43,6 +43,7 @@ log = logging.getLogger("inbox.graph")
 T = TypeVar("T")
 
 IMMUTABLE_ID = 'IdType="ImmutableId"'
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SHORT_RETRY_AFTER = 5.0
 MAX_SHORT_RETRIES = 3
 
@@ -206,6 +207,7 @@ class GraphAdapter:
         self._paused_until: dict[tuple[str, str], float] = {}
         self._pacer = MailboxPacer()
         self._inbox_ids: dict[tuple[str, str], str] = {}
+        self._tenant_ids: dict[str, str] = {}
         self.stats = {"requests": 0, "throttled": 0, "retries": 0}
 
     # plumbing --------------------------------------------------------------------------------
@@ -256,9 +258,7 @@ class GraphAdapter:
                 except ClientAuthenticationError as exc:
                     if "AADSTS" not in str(exc.message or exc) and _network_failure(exc):
                         raise self._clients.unreachable("entra", exc, what) from None
-                    text = str(exc.message or exc)
-                    code = text[text.find("AADSTS"):][:14] if "AADSTS" in text else "token request failed"
-                    raise CredentialError(f"Graph client {client!r} could not get a token: {code}") from None
+                    raise _credential_error(client, exc) from None
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
                     failure = self._clients.unreachable("graph", exc, what)
                     if failure.reason in ("tls_untrusted", "proxy_failed"):
@@ -520,6 +520,32 @@ class GraphAdapter:
             await builder.post(request_configuration=self._cfg())
         await self._call(client, "_subscriptions", op, "subscription reauthorize")
 
+    # tenants ---------------------------------------------------------------------------------------
+    async def tenant_id(self, client: str) -> str:
+        """The client's tenant as its GUID. A tenant configured by a verified domain (contoso.onmicrosoft.com,
+        which Entra accepts for tokens) is resolved once per worker from the `tid` of a token: Graph's
+        notifications carry the GUID, so clientStates are signed and verified with it."""
+        configured = self._clients.config(client).tenant_id.strip().lower()
+        if _GUID.match(configured):
+            return configured
+        if client not in self._tenant_ids:
+            from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+            try:
+                token = await self._clients.credential(client).get_token(self._clients.graph_scope())
+            except ServiceRequestError as exc:
+                raise self._clients.unreachable("entra", exc, "token request") from None
+            except ClientAuthenticationError as exc:
+                if _network_failure(exc):
+                    raise self._clients.unreachable("entra", exc, "token request") from None
+                raise _credential_error(client, exc) from None
+            tid = str(_jwt_claims(token.token).get("tid", "")).lower()
+            if not _GUID.match(tid):
+                raise PermanentError(f"the token of Graph client {client!r} names no tenant GUID (tid); configure "
+                                     "tenant_id as the tenant's GUID")
+            self._tenant_ids[client] = tid
+            log.info("graph.tenant-resolved client=%s tenant=%s", client, tid)
+        return self._tenant_ids[client]
+
     # validation (manage API) ------------------------------------------------------------------
     async def token_claims(self, client: str) -> dict[str, Any]:
         """Acquire a token with a fresh credential (no cache) and return its claims (roles...).
@@ -535,11 +561,7 @@ class GraphAdapter:
             text = str(getattr(exc, "message", None) or exc)
             if "AADSTS" not in text and _network_failure(exc):
                 raise self._clients.unreachable("entra", exc, "token request") from None
-            match = re.search(r"AADSTS(\d+)", text)
-            error = CredentialError(f"Graph client {client!r} could not get a token: "
-                                    f"{'AADSTS' + match.group(1) if match else 'token request failed'}")
-            error.code = match.group(1) if match else ""
-            raise error from None
+            raise _credential_error(client, exc) from None
         except PermanentError as exc:  # e.g. the secret setting or the token file is missing
             error = CredentialError(str(exc))
             error.code = "config"
@@ -610,6 +632,19 @@ class GraphAdapter:
         except GraphAccessDenied:
             return None
         return str(doc.get("id") or "") or None
+
+
+def _credential_error(client: str, exc: BaseException) -> CredentialError:
+    """A token request Entra refused, with its AADSTS code (an unknown tenant makes MSAL fail on the
+    authority's configuration before any AADSTS code: 90002)."""
+    text = str(getattr(exc, "message", None) or exc)
+    match = re.search(r"AADSTS(\d+)", text)
+    code = match.group(1) if match else ("90002" if "authority configuration" in text else "")
+    error = CredentialError(f"Graph client {client!r} could not get a token: "
+                            f"{'AADSTS' + code if code else 'token request failed'}"
+                            f"{' (unknown tenant: check tenant_id in GRAPH_CLIENTS)' if code == '90002' else ''}")
+    error.code = code
+    return error
 
 
 def _network_failure(exc: BaseException) -> bool:

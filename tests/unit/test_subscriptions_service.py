@@ -285,6 +285,28 @@ async def test_first_sync_creates_one_subscription_with_signed_state_and_mailbox
     assert w.live(address_only_id("shared@ours.example"))[0].resource == "users/shared@ours.example/mailFolders('Inbox')/messages"
 
 
+async def test_a_subscription_signed_with_the_tenants_domain_is_recreated_with_the_guid_by_the_next_sync():
+    """Entra takes a tenant's domain for tokens, but Graph's notifications carry the tenant's GUID: a
+    clientState signed with the domain never verifies. The sync re-signs it and saves the GUID."""
+    guid = "6f1c2a3b-0000-4000-8000-0000000000aa"
+    old = box("user-1")
+    old.tenant_id = "contoso.onmicrosoft.com"
+    w = World(old)
+    await w.service.sync()  # what a version without tenant resolution did: signed with the domain
+    [before] = w.live("user-1")
+    assert not w.signer.verify(before.state, guid, "user-1")
+
+    async def tenant_id(client: str) -> str:
+        return guid
+    w.graph.tenant_id = tenant_id
+    report = await w.service.sync()
+    assert report["clients"]["main"]["counts"] == {"recreated": 1}
+    [after] = w.live("user-1")
+    assert after.id != before.id and w.signer.verify(after.state, guid, "user-1")
+    assert (await w.registry.get("user-1")).tenant_id == guid
+    assert (await w.service.sync())["clients"]["main"]["counts"] == {"unchanged": 1}  # repaired once
+
+
 async def test_renews_inside_the_window_only_and_keeps_what_graph_granted():
     w = World(box())
     w.graph.grant_cap = timedelta(days=3, hours=1)  # Graph may grant less than asked

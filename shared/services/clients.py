@@ -69,6 +69,11 @@ def secret_expiry(expires: str, now: datetime) -> dict[str, Any] | None:
     return None
 
 
+def _where(exc: BaseException) -> dict[str, str]:
+    """The host and fix a dependency failure names (shared/adapters/errors.py), for a failing check."""
+    return {k: v for k in ("host", "fix") if (v := getattr(exc, k, ""))}
+
+
 class ClientService:
     def __init__(self, clients: dict[str, Any], registry: MailboxRegistry, graph: Any, clock: Clock,
                  secret_is_set: Any, synclog: Any = None) -> None:
@@ -155,7 +160,8 @@ class ClientService:
         except TransientError as exc:
             code = getattr(exc, "code", None)
             if code is None:  # not a credential problem: Entra or the network is down, or its certificate
-                return self._finish(fail("token", getattr(exc, "reason", "") or "graph_unavailable", str(exc)))
+                return self._finish(fail("token", getattr(exc, "reason", "") or "graph_unavailable", str(exc),
+                                         **_where(exc)))
             reason = "secret_missing" if code == "config" else AADSTS_REASONS.get(code, "token_failed")
             return self._finish(fail("token", reason, str(exc)))
         checks.append({"check": "token", "ok": True})
@@ -175,7 +181,8 @@ class ClientService:
             except MailNotFound:
                 fail("mailbox", "mailbox_not_found", "Graph knows no such mailbox", mailbox=target_id)
             except TransientError as exc:
-                fail("mailbox", "graph_unavailable", str(exc), mailbox=target_id)
+                fail("mailbox", getattr(exc, "reason", "") or "graph_unavailable", str(exc), mailbox=target_id,
+                     **_where(exc))
             except PermanentError as exc:
                 text = str(exc)
                 reason = "mailbox_unreachable" if ("AccessPolicy" in text or "RAOP" in text

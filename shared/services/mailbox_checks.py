@@ -103,8 +103,11 @@ class MailboxChecks:
                                 "checked (see the schema problems in the log)"}]
         for field_name, prop, value in mailbox_rules.routing_properties(box.routing):
             spec = helpdesk.get(prop)
+            if spec is not None and prop.lower() in owned_by_pipeline(self.crm):
+                raise Refusal(f"'{field_name}': the pipeline sets helpdesk.{prop} itself (a LIME_* setting names it); "
+                              "route by another property", "routing_property_reserved", field=field_name)
             if spec is None:
-                known = routable(helpdesk)
+                known = routable(helpdesk, owned_by_pipeline(self.crm))
                 raise Refusal(f"'{field_name}': Lime CRM's helpdesk has no property {prop!r}; properties: "
                               f"{', '.join(known[:30])}{', ...' if len(known) > 30 else ''}",
                               "routing_property_unknown", field=field_name, detail={"property": prop})
@@ -138,9 +141,10 @@ class MailboxChecks:
             try:
                 report = await self.schema()
                 helpdesk = report.properties.get("helpdesk") or {}
-                doc["crm"]["routing_properties"] = routable(helpdesk)
+                offered = routable(helpdesk, owned_by_pipeline(self.crm))
+                doc["crm"]["routing_properties"] = offered
                 doc["crm"]["routing_options"] = {
-                    name: sorted(report.options("helpdesk", name)) for name in routable(helpdesk)
+                    name: sorted(report.options("helpdesk", name)) for name in offered
                     if str(helpdesk[name].get("type", "")) == "option"}
             except InboxError as exc:
                 doc["crm"]["error"] = {"reason": getattr(exc, "reason", "lime_failed"), "message": str(exc)}
@@ -180,7 +184,16 @@ class MailboxChecks:
         return {"client": client, "mailbox": ref, "folders": folders}
 
 
-def routable(helpdesk: dict[str, dict[str, Any]]) -> list[str]:
-    """Helpdesk properties a routing value may set: not the pipeline's own, not relations to many."""
+def routable(helpdesk: dict[str, dict[str, Any]], owned: set[str] = frozenset()) -> list[str]:
+    """Helpdesk properties a routing value may set: not the pipeline's own (RESERVED, and what the
+    LIME_* settings name), not relations to many."""
     return sorted(name for name, spec in helpdesk.items()
-                  if name.lower() not in RESERVED and str(spec.get("type", "")) not in _NOT_ROUTABLE)
+                  if name.lower() not in RESERVED and name.lower() not in owned
+                  and str(spec.get("type", "")) not in _NOT_ROUTABLE)
+
+
+def owned_by_pipeline(crm: Any) -> set[str]:
+    """The helpdesk properties the Lime adapter writes itself, by their configured names."""
+    names = getattr(crm, "names", None)
+    return {str(getattr(names, attr, "") or "").lower() for attr in
+            ("helpdesk_number", "helpdesk_status", "key_property", "message_ids")} - {""}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,11 +36,12 @@ def unique() -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _remove_combined_ca_bundles():
-    """Each Graph simulator start makes a new throwaway CA, so each gives the app a new combined
-    bundle in the temp directory (shared/adapters/tls.py; one file in production): remove the
-    ones this session wrote."""
-    pattern = "inbox-outbound-ca-*"
-    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    """Each test CA gives the app a new combined bundle in the temp directory
+    (shared/adapters/tls.py; one file in production): remove the ones this session wrote."""
     yield
-    for path in set(Path(tempfile.gettempdir()).glob(pattern)) - before:
-        path.unlink(missing_ok=True)
+    # Only the ones this process wrote: test sessions of other worktrees share the temp directory, and
+    # removing their bundles mid-run fails their token requests (FileNotFoundError).
+    from shared.adapters import tls
+    for path in list(tls.written):
+        Path(path).unlink(missing_ok=True)
+        tls.written.discard(path)

@@ -47,9 +47,9 @@ def attachment_mail(size_mb: float, seed: int) -> dict:
 
 
 def eml_mail(size_mb: float, seed: int) -> bytes:
-    """Real MIME of about size_mb MB in all: one PDF of random bytes in base64 (76-character lines:
-    4/3 x 78/76 of the file), as a mail client sends it."""
-    payload = os.urandom(int(size_mb * MB * 76 / 78 * 3 / 4) - 4096)
+    """Real MIME of about size_mb MB in all: one PDF of random bytes in base64 (76-character lines
+    and a line break: 4/3 x 77/76 of the file), as a mail client sends it."""
+    payload = os.urandom(int(size_mb * MB * 76 / 77 * 3 / 4))
     return make_mime(sender=f"sender{seed}@customer.example", to=ORIGINALS, subject=f"{size_mb:g} MB mail kept as .eml",
                      body="The scan is attached.", attachments=[("scan.pdf", "application/pdf", payload)])
 
@@ -157,8 +157,8 @@ def main() -> None:
             seq = last_seq(stack)
             mid, seconds = process(stack, raw, mailbox=ORIGINALS)
             peak = memory_kb(pid)["VmHWM"]
-            requests = [e["path"].split(mid, 1)[-1] or "/" for e in stack.graph.requests.entries(since_seq=seq)
-                        if mid in e["path"]]
+            requests = [f"{e['method']} {e['path'].split(mid, 1)[-1] or '/'}"
+                        for e in stack.graph.requests.entries(since_seq=seq) if mid in e["path"]]
             stored = [e for e in stored_emls(stack, args.crm) if len(e) == len(raw)]
             size_mb = len(raw) / MB
             results["eml"] = {

@@ -83,11 +83,7 @@ def combined_bundle(ca_bundle: str) -> str:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
-            written.add(target)
     return target
-
-
-written: set[str] = set()  # the bundles this process wrote (test sessions remove theirs, and only theirs)
 
 
 def certificate_problem(exc: BaseException | None) -> str:

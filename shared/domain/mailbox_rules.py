@@ -18,24 +18,21 @@ from typing import Any
 from . import policy
 from .decision import RESERVED, SCALARS
 from .matching import DEFAULT_SENDER_ID_BEHAVIOUR, SENDER_ID_BEHAVIOURS
-from .model import ACTION_DELETE, ACTION_MOVE, Mailbox
+from .model import ACTION_DELETE, ACTION_MOVE, STORE_ORIGINAL_MODES, STORE_ORIGINAL_NONE, Mailbox
 from .threading import CLOSED_TICKET_POLICIES, NEW_AFTER_DAYS, REOPEN
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "action": (ACTION_DELETE, ACTION_MOVE),
     "closed_ticket_policy": CLOSED_TICKET_POLICIES,
     "sender_id_behaviour": tuple(SENDER_ID_BEHAVIOURS),
+    "store_original": STORE_ORIGINAL_MODES,
 }
 # What an empty value means for a choice (older rows may hold '').
 CHOICE_DEFAULTS: dict[str, str] = {
     "action": ACTION_DELETE,
     "closed_ticket_policy": REOPEN,
     "sender_id_behaviour": DEFAULT_SENDER_ID_BEHAVIOUR,
-}
-CHOICE_HINTS: dict[str, str] = {
-    "sender_id_behaviour": "Lime Inbox's sender levels, narrowest first",
-    "closed_ticket_policy": "what a follow-up to a closed ticket does",
-    "action": "what happens to a processed mail in the mailbox",
+    "store_original": STORE_ORIGINAL_NONE,
 }
 MAX_CLOSED_TICKET_DAYS = 3650
 MAX_FOLDER_LENGTH = 512
@@ -74,10 +71,11 @@ def choice_value(box: Mailbox, name: str) -> str:
     return value if value not in (None, "") else CHOICE_DEFAULTS.get(name, "")
 
 
-def choice_violation(name: str, value: Any) -> Violation | None:
-    """The violation of a value for the choice `name`, or None when it is allowed."""
+def choice_violation(name: str, value: Any, stored: bool = True) -> Violation | None:
+    """The violation of a value for the choice `name`, or None when it is allowed. `stored`: an empty
+    value (a row older than the field) means the default; a request must name a value."""
     allowed = CHOICES[name]
-    if value in (None, "") and name in CHOICE_DEFAULTS:
+    if stored and value in (None, "") and name in CHOICE_DEFAULTS:
         return None
     if isinstance(value, str) and value in allowed:
         return None

@@ -133,10 +133,10 @@ def _apply(box: Mailbox, doc: dict[str, Any], clients: dict[str, Any], now: date
         box.start_date = _date(doc["start_date"], now) if doc["start_date"] else now
     for name in mailbox_rules.CHOICES:
         if name in doc:
-            value = doc[name]
-            if value in (None, ""):
-                value = mailbox_rules.CHOICE_DEFAULTS.get(name, value)
-            setattr(box, name, value)  # a value not allowed is refused below, by the rules
+            broken = mailbox_rules.choice_violation(name, doc[name], stored=False)
+            if broken:
+                raise ValidationError(broken.message, broken.reason, field=name, detail=broken.detail)
+            setattr(box, name, doc[name])
     if "move_folder" in doc:
         box.move_folder = doc["move_folder"] if doc["move_folder"] is not None else ""
     if "autoreply" in doc:

@@ -22,9 +22,7 @@ from typing import Any, Awaitable, Callable
 import azure.functions as func
 
 from shared.config import ConfigError
-from shared.domain.errors import (
-    InboxError, MailNotFound, PermanentError, Refusal, TransientError, Unavailable,
-)
+from shared.domain.errors import MailNotFound, PermanentError, Refusal, TransientError, Unavailable
 
 log = logging.getLogger("inbox.manage")
 
@@ -133,11 +131,7 @@ def refusal(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status, reason = 404, "not_found"
     elif isinstance(exc, PermanentError):
         status, reason = 502, "dependency_refused"
-    elif isinstance(exc, (ValueError, TypeError)):  # a service's own check of its input
-        status, reason = 400, "bad_request"
-    elif isinstance(exc, LookupError):
-        status, reason = 404, "not_found"
-    else:
+    else:  # anything else is a bug: the caller answers a JSON 500 and logs the traceback
         raise exc
     doc: dict[str, Any] = {"error": str(exc) or type(exc).__name__, "reason": reason}
     if field:
@@ -151,7 +145,7 @@ def failure_response(exc: BaseException, route: str = "") -> func.HttpResponse:
     the log line with the traceback."""
     try:
         status, doc = refusal(exc)
-    except BaseException:  # noqa: BLE001 - unexpected: never an empty 500
+    except Exception:  # noqa: BLE001 - unexpected: never an empty 500
         correlation = uuid.uuid4().hex[:16]
         log.exception("manage.internal-error correlation=%s route=%s error=%s", correlation, route,
                       type(exc).__name__)
@@ -195,6 +189,6 @@ def manage_route(handler: Handler) -> Handler:
     async def route(req: func.HttpRequest) -> func.HttpResponse:
         try:
             return await handler(req)
-        except (InboxError, ConfigError, ValueError, TypeError, LookupError, Exception) as exc:
+        except Exception as exc:  # noqa: BLE001 - every outcome becomes a JSON response
             return failure_response(exc, handler.__name__)
     return route

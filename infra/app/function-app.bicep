@@ -226,7 +226,7 @@ var monitoringAppSettings = {
 //   host buffers it for the worker (default 100 MB). Documented in "App settings reference for Azure
 //   Functions", FUNCTIONS_REQUEST_BODY_SIZE_LIMIT. The value is the webhook's own limit
 //   (shared/domain/notifications.py MAX_BODY_BYTES); every other HTTP route reads less
-//   (tests/infra/test_request_limits.py).
+//   (tests/infra/test_deploy_hardening.py).
 // - PYTHON_ENABLE_OPENTELEMETRY: the Python worker attaches each invocation's trace context (the
 //   host's span, host.json telemetryMode "OpenTelemetry") before calling the function, so the
 //   app's spans and log records (shared/telemetry.py) join the host's request.

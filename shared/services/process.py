@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
 from ..domain import decision as dec
-from ..domain import matching, policy, retry
+from ..domain import mailbox_rules, matching, policy, retry
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
@@ -177,13 +177,13 @@ class MessageProcessor:
         of a ticket the sender is a contact of) -> skip automated mail that belongs to no ticket ->
         the decision (default policy, then the processing extension) recorded on the ledger as the
         plan -> person -> ticket (new, successor of a closed one, or existing), its number added to
-        the plan -> reopen -> Message-ID -> attachments -> overflow documents -> history note."""
+        the plan -> reopen -> Message-ID -> attachments -> the original .eml (store_original) ->
+        overflow documents -> history note."""
         d = self.d
         rules = d.rules
-        try:
-            matching.levels(mailbox.sender_id_behaviour)
-            conv.check_policy(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days)
-        except ValueError as exc:
+        try:  # the manage API refuses to save these; a row written before it did still stops here
+            mailbox_rules.check_processable(mailbox)
+        except mailbox_rules.MailboxRuleError as exc:
             raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
         own = await d.own_addresses() if d.own_addresses else frozenset()
         verdict = policy.classify(mail, own)
@@ -218,8 +218,11 @@ class MessageProcessor:
         if mail.internet_message_id and not (action in CREATED and entry.data.get("reserved_number")):
             await d.crm.add_message_ids(ticket.id, [mail.internet_message_id])
 
-        results = await AttachmentStore(d.mail, d.crm, AttachmentRules(
-            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline)).store(mailbox, mail, ticket.id, key)
+        documents = AttachmentStore(d.mail, d.crm, AttachmentRules(
+            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline))
+        results = await documents.store(mailbox, mail, ticket.id, key)
+        # the mail's MIME as a .eml, per the mailbox's store_original (a retry asks the CRM first)
+        original = await documents.store_original(mailbox, mail, ticket.id, key, resumed=entry.attempts > 1)
         url_of = getattr(d.crm, "document_url", None)
         cid_map = {r.content_id: url_of(r.document_id) for r in results
                    if url_of and r.status == "stored" and r.content_id}
@@ -227,7 +230,7 @@ class MessageProcessor:
             "Sent from one of our own mailboxes: the ticket's status was left as it was." if verdict.kind == policy.OWN
             else f"Automatic message ({verdict.reason}): the ticket's status was left as it was."]
         note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
-                                  _skipped_lines(results))
+                                  _skipped_lines(results) + (original.note_lines() if original else []))
         extra_documents: list[str] = []
         if note.truncated:
             extra_documents.append(await d.crm.add_document(DocumentDraft(
@@ -258,6 +261,8 @@ class MessageProcessor:
                           history_id=history_id, documents=extra_documents)
         if len(results) > LEDGER_ATTACHMENTS_MAX:
             entry.data["attachments_more"] = len(results) - LEDGER_ATTACHMENTS_MAX
+        if original is not None:
+            entry.data["original"] = original.summary()
         entry.data["autoreply"] = bool(
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)
@@ -456,6 +461,7 @@ class MessageProcessor:
         the sweep leaves it to that try), in one write; then re-enqueue the job for that time."""
         wait = None if retry.exhausted(job.attempt) else retry.delay(job.attempt, exc.retry_after)
         extra: dict[str, Any] = {}
+        due = ""
         if wait is not None:
             due = retry.not_before(self.d.clock.now(), wait)
             entry.data[NEXT_ATTEMPT] = due
@@ -463,9 +469,10 @@ class MessageProcessor:
         else:
             entry.data.pop(NEXT_ATTEMPT, None)
         await self._release(job, entry, f"{type(exc).__name__}: {exc}", **extra)
-        return await self._requeue_or_raise(job, exc, wait)
+        return await self._requeue_or_raise(job, exc, wait, due)
 
-    async def _requeue_or_raise(self, job: MessageJob, exc: TransientError, wait: float | None = None) -> Outcome:
+    async def _requeue_or_raise(self, job: MessageJob, exc: TransientError, wait: float | None = None,
+                                due: str = "") -> Outcome:
         """Transient means wait, not fail: re-enqueue the job with the next delay of the schedule
         (domain/retry.py: growing from 10 s to 30 minutes, never shorter than a Retry-After), counted
         in the envelope, without holding a worker or spending the queue's dequeue budget, which is left
@@ -476,7 +483,7 @@ class MessageProcessor:
                         job.correlation_id, job.message_id, job.attempt, f"{type(exc).__name__}: {exc}")
             raise exc
         wait = wait if wait is not None else retry.delay(job.attempt, exc.retry_after)
-        due = retry.not_before(self.d.clock.now(), wait)
+        due = due or retry.not_before(self.d.clock.now(), wait)
         await self.d.queue.send(QUEUE_MESSAGES, with_attempt(job, job.attempt + 1, due),
                                 visibility_timeout=math.ceil(wait))
         log.info("process.requeued correlation=%s message=%s delay=%ss attempt=%s error=%s", job.correlation_id,

@@ -26,6 +26,7 @@ import pytest
 
 from shared.domain import envelope
 from shared.domain.envelope import MessageJob
+from shared.domain.retry import NEXT_ATTEMPT
 from tests.support.stack import CLIENT_ID, ROOT, TENANT, WEBHOOK_KEY, Stack, make_mime
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -144,6 +145,13 @@ def seed(stack: Stack) -> tuple[list[str], list[str]]:
     waiting = stack.graph.deliver_many(MAILBOX, [make_mime(to=MAILBOX, sender=f"waiting{i}@customer.example",
                                                            subject=f"Waiting {i}") for i in range(3)],
                                        notify=False, received_at=ten_minutes_ago)
+    # the first one waits for a dependency: tried, the CRM was down, its next try is queued (retrying)
+    ledger = stack.services().ledger
+    row = stack.run(ledger.claim(box, waiting[0], "a-worker", 120, "c-retrying", "webhook"))
+    row.lease_owner, row.lease_until = "", None
+    row.last_error = "Unavailable: Lime CRM answered 503"
+    row.data[NEXT_ATTEMPT] = (datetime.now(timezone.utc) + timedelta(minutes=20)).isoformat()
+    stack.run(ledger.save(row))
     return failed, waiting
 
 
@@ -166,6 +174,9 @@ async def _drive(stack: Stack, failed: list[str], waiting: list[str]) -> dict[st
                 seen: dict[str, Any] = await page.js("""(() => ({
                     failed: document.getElementById('summary-failed').textContent,
                     unprocessed: document.getElementById('summary-unprocessed').textContent,
+                    retrying: document.getElementById('summary-retrying').textContent,
+                    nextRetry: document.getElementById('summary-next-retry').textContent,
+                    retryingCard: document.getElementById('card-retrying').className,
                     inboxes: document.getElementById('summary-inboxes').textContent,
                     failedRows: [...document.querySelectorAll('#failed-table tbody tr')].map(r => r.innerText),
                     waitingRows: [...document.querySelectorAll('#unprocessed-table tbody tr')].map(r => r.innerText),
@@ -187,6 +198,7 @@ async def _drive(stack: Stack, failed: list[str], waiting: list[str]) -> dict[st
                                     timeout=90, what="the recovery the page follows to done")
                 await page.wait_for(f"Number(document.body.dataset.loaded) > {loads}", what="the page refreshed")
                 seen["after"] = await page.js("document.getElementById('summary-unprocessed').textContent")
+                seen["retrying_after"] = await page.js("document.getElementById('summary-retrying').textContent")
                 seen["result"] = await page.js("document.getElementById('recover-result').textContent")
                 seen["task"] = await page.js("document.getElementById('recover-result').dataset.task")
                 seen["tasks"] = await page.js(
@@ -199,7 +211,12 @@ def test_dashboard_shows_failed_and_unprocessed_mail_and_starts_a_recovery(stack
     failed, waiting = seed(stack)
     seen = asyncio.run(_drive(stack, failed, waiting))
 
-    assert seen["inboxes"] == "1" and seen["failed"] == "2" and seen["unprocessed"] == "3"
+    assert seen["inboxes"] == "1" and seen["failed"] == "2" and seen["unprocessed"] == "2"
+    # the mail waiting for a dependency: counted apart (amber), with its next try, listed with its state
+    assert seen["retrying"] == "1" and "warn" in seen["retryingCard"].split(), seen["retryingCard"]
+    assert seen["nextRetry"].startswith("waiting for a dependency; next try ")
+    [retrying_row] = [r for r in seen["waitingRows"] if "Waiting 0" in r]
+    assert "retrying, next try" in retrying_row and "Lime CRM answered 503" in retrying_row
     assert len(seen["failedRows"]) == 2 and any("Invoice 4711" in r for r in seen["failedRows"])
     assert any(XSS in r for r in seen["failedRows"])  # shown as text ...
     assert seen["images"] == 0 and seen["title"] == "Inbox status"  # ... never as markup
@@ -210,7 +227,7 @@ def test_dashboard_shows_failed_and_unprocessed_mail_and_starts_a_recovery(stack
     assert warning.startswith("warning: Graph client demo: the client secret expires in 10 day(s)"), warning
     assert seen["healthy"] == "Needs attention"
 
-    assert seen["after"] == "0", "the refreshed summary shows no unprocessed mail"
+    assert seen["after"] == "0" and seen["retrying_after"] == "0", "the refreshed summary shows none left"
     assert seen["result"].startswith("Recovery done: 3 processed"), seen["result"]
     assert seen["task"] and any("unprocessed" in r and "done" in r for r in seen["tasks"])
     titles = [t["title"] for t in stack.tickets()]

@@ -2,7 +2,8 @@
 tools/sim/mime2graph (what Exchange Online stores), and is served the way the Graph adapter serves
 it: the message with attachment METADATA only (`$expand=attachments($select=...)`, no contentId,
 no content), then `list_attachments` (everything with content, one call), `get_attachment_item`
-(one as JSON), `stream_attachment` (`$value`, chunked into a file).
+(one as JSON), `stream_attachment` (`$value`, chunked into a file), `read_message_mime` (the
+message's `$value`, cut at a limit as the adapter's streamed read is).
 
 Records what was fetched (`calls`, `fetched`), so tests can prove a skipped attachment was never
 downloaded and small ones came in one call. Performs no I/O.
@@ -28,6 +29,7 @@ class MimeMailbox:
 
     def __init__(self) -> None:
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
+        self.raw: dict[tuple[str, str], bytes] = {}
         self.deleted: list[str] = []
         self.calls: Counter[str] = Counter()
         self.fetched: list[str] = []  # names of attachments whose content was handed out
@@ -40,6 +42,7 @@ class MimeMailbox:
         for i, att in enumerate(doc.get("attachments") or ()):
             att["id"] = f"{message_id}-att{i}"
         self.messages[(mailbox.id, message_id)] = doc
+        self.raw[(mailbox.id, message_id)] = raw
         return message_id
 
     def _doc(self, mailbox: Mailbox, message_id: str) -> dict[str, Any]:
@@ -103,6 +106,12 @@ class MimeMailbox:
         att = self._att(mailbox, message_id, attachment_id)
         self.fetched.append(att["name"])
         return self._content(att)
+
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        self.calls["mime"] += 1
+        self._doc(mailbox, message_id)
+        raw = self.raw[(mailbox.id, message_id)]
+        return raw[:limit], len(raw) > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         self.calls["delete"] += 1

@@ -388,6 +388,36 @@ class GraphAdapter:
                 await response.aclose()
         return await self._call(mailbox.client, mailbox.graph_user, op, "attachment stream")
 
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        """The first `limit` bytes of the message's MIME (`GET .../messages/{id}/$value`, which Graph
+        answers for every message, a report's original included: facts/graph-functions-azurite.md,
+        learn.microsoft.com/graph/outlook-get-mime-message) and whether there was more. Streamed and
+        cut off at `limit`: the rest of a large mail is never downloaded. Read only for delivery
+        reports, whose report and original's headers come first (shared/domain/reports.py)."""
+        from kiota_abstractions.api_error import APIError
+        builder = self._user(mailbox).messages.by_message_id(message_id).content
+        adapter = self._clients.client(mailbox.client).request_adapter
+
+        async def op() -> tuple[bytes, bool]:
+            info = builder.to_get_request_information(self._cfg())
+            adapter.set_base_url_for_request_information(info)
+            request = await adapter.convert_to_native_async(info)
+            response = await adapter._http_client.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise APIError(message=response.text[:300], response_status_code=response.status_code,
+                                   response_headers=dict(response.headers))
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        return bytes(data[:limit]), True
+                return bytes(data), False
+            finally:
+                await response.aclose()
+        return await self._call(mailbox.client, mailbox.graph_user, op, "message mime")
+
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..domain import reports
+from ..domain.threading import BY_BOUNCE_ORIGINAL
 from ..domain.errors import MailNotFound, PermanentError
 from ..domain.mail import InboundMail
 from ..domain.model import Mailbox
@@ -22,7 +23,7 @@ from .mail_to_crm import MAX_REFERENCES, ThreadMatch
 
 log = logging.getLogger("inbox.process")
 
-BOUNCE_ORIGINAL = "bounce-original"  # ThreadMatch.how of a report matched through its original
+BOUNCE_ORIGINAL = BY_BOUNCE_ORIGINAL  # ThreadMatch.how of a report matched through its original
 
 
 async def read_report(gateway: MailGateway, mailbox: Mailbox, mail: InboundMail) -> DeliveryReport:

@@ -325,6 +325,12 @@ def test_a_conversation_has_one_key_from_its_root():
     assert conv.thread_key(no_id) == no_id.idempotency_key()
 
 
+def test_a_bounce_through_its_original_is_exempt_from_the_party_check():
+    assert conv.party_check_applies(conv.BY_REFERENCES) and conv.party_check_applies(conv.BY_SUBJECT_TAG)
+    assert not conv.party_check_applies(conv.BY_BOUNCE_ORIGINAL) and not conv.party_check_applies("")
+    assert conv.BY_BOUNCE_ORIGINAL == "bounce-original"  # the value on ledger rows and in the step view
+
+
 def test_successor_keys_name_the_ticket_and_its_closure():
     closed = TicketRef(id="hd1", number="1", status="done", closed_at=T0)
     assert conv.successor_key(closed) == conv.successor_key(TicketRef(id="hd1", number="1", closed_at=T0))

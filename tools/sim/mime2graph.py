@@ -13,7 +13,9 @@ learn.microsoft.com/graph/api/attachment-get, "For an item attachment that is a 
 contents returned is in MIME format"), while a report's other parts (``message/delivery-status``,
 ``text/rfc822-headers``, ``message/global-headers``, ``message/feedback-report``) are
 ``fileAttachment``\ s of their own content type holding the part's bytes; the message's own ``$value``
-(the simulator serves the raw MIME it was given) is how the app reads a report;
+(the simulator serves the raw MIME it was given) is how the app reads a report. Graph's own example
+of an item attachment shows ``contentType: null`` (same page, example 2); one converted from a MIME part
+keeps the part's type here, and the app tells item attachments by ``@odata.type``, never by it;
 ``internetMessageId`` keeps its angle brackets; header values are decoded and unfolded.
 Fields the mail store assigns (id, receivedDateTime, parentFolderId, conversationId, ...) are
 left to the simulator. A missing Message-ID gives ``internetMessageId: None``.

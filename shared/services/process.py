@@ -282,6 +282,9 @@ class MessageProcessor:
             report = await read_report(d.mail, mailbox, mail)
             entry.data["report"] = report.summary()
             match = await find_report_thread(d.crm, report)
+            log.info("process.report correlation=%s message=%s outcome=%s original=%s ticket=%s", job.correlation_id,
+                     job.message_id, report.outcome, report.source or "none",
+                     match.ticket.number if match.ticket else "-")
         if match is None or match.ticket is None:
             match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
         if match.refused_tags:

@@ -20,6 +20,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
@@ -34,9 +35,9 @@ from . import tls
 from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
-from ..domain.errors import MailNotFound, PermanentError, TransientError
-from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
-from ..domain.model import InboxItem, Mailbox, SubscriptionInfo
+from ..domain.errors import ContentTooLarge, MailNotFound, PermanentError, TransientError
+from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, MESSAGE_SIZE_EXPAND, InboundMail, parse_graph_time
+from ..domain.model import STORE_ORIGINAL_EML, InboxItem, Mailbox, SubscriptionInfo
 
 log = logging.getLogger("inbox.graph")
 T = TypeVar("T")
@@ -56,8 +57,9 @@ class GraphAccessDenied(PermanentError):
     """Graph answered 403: a missing permission or an application access policy."""
 
 
-class AttachmentTooLarge(PermanentError):
-    """An attachment's content turned out larger than the limit its metadata promised to respect."""
+class AttachmentTooLarge(ContentTooLarge):
+    """An attachment's (or a whole mail's) content turned out larger than the limit its metadata
+    promised to respect."""
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -299,8 +301,10 @@ class GraphAdapter:
             MessageItemRequestBuilder,
         )
         select = list(MESSAGE_SELECT) + [s for s in self._custom_select if s not in MESSAGE_SELECT]
-        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(
-            select=select, expand=[f"attachments($select={','.join(ATTACHMENT_SELECT)})"])
+        expand = [f"attachments($select={','.join(ATTACHMENT_SELECT)})"]
+        if mailbox.store_original == STORE_ORIGINAL_EML:
+            expand.append(MESSAGE_SIZE_EXPAND)  # its size decides before `$value` whether it fits
+        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(select=select, expand=expand)
         info = self._user(mailbox).messages.by_message_id(message_id).to_get_request_information(self._cfg(query))
         doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "message get")
         return InboundMail.from_graph(mailbox.id, doc, self._custom_select)
@@ -359,9 +363,26 @@ class GraphAdapter:
         """Stream an attachment's `$value` (a file's bytes, an attached message's MIME) into the
         binary file `sink`, chunk by chunk, never holding it in memory; returns the bytes written.
         Raises AttachmentTooLarge past `limit` (the metadata's size is only Graph's estimate)."""
-        from kiota_abstractions.api_error import APIError
         builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "attachment stream")
+
+    async def stream_message(self, mailbox: Mailbox, message_id: str, sink: Any, limit: int | None = None) -> int:
+        """Stream the mail's MIME (`GET /users/{id}/messages/{id}/$value`: every header, the body and
+        every attachment, as Exchange renders it) into `sink`, as stream_attachment does; raises
+        AttachmentTooLarge as soon as it passes `limit`, without reading the rest."""
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "message mime")
+
+    async def _stream_value(self, mailbox: Mailbox, builder: Any, sink: Any, limit: int | None, what: str,
+                            cut: bool = False) -> int:
+        """The one streaming path for `$value`: the item builder's request (auth, headers and
+        middleware stay the SDK's; msgraph-sdk 1.65 has no builder for `$value`) sent with
+        `stream=True`, written to `sink` chunk by chunk. A retry starts `sink` over. Past `limit` it
+        raises AttachmentTooLarge, or with `cut` keeps the first `limit` bytes, stops reading and
+        returns more than `limit`."""
+        from kiota_abstractions.api_error import APIError
         adapter = self._clients.client(mailbox.client).request_adapter
+        noun = "the mail's MIME" if what == "message mime" else "attachment content"
 
         async def op() -> int:
             info = builder.to_get_request_information(self._cfg())
@@ -381,42 +402,25 @@ class GraphAdapter:
                 async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if limit is not None and written > limit:
-                        raise AttachmentTooLarge(f"attachment content is over the {limit}-byte limit")
+                        if not cut:
+                            raise AttachmentTooLarge(f"{noun} is over the {limit}-byte limit")
+                        sink.write(chunk[: len(chunk) - (written - limit)])
+                        return written
                     sink.write(chunk)
                 return written
             finally:
                 await response.aclose()
-        return await self._call(mailbox.client, mailbox.graph_user, op, "attachment stream")
+        return await self._call(mailbox.client, mailbox.graph_user, op, what)
 
     async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
-        """The first `limit` bytes of the message's MIME (`GET .../messages/{id}/$value`, which Graph
-        answers for every message, a report's original included: facts/graph-functions-azurite.md,
-        learn.microsoft.com/graph/outlook-get-mime-message) and whether there was more. Streamed and
-        cut off at `limit`: the rest of a large mail is never downloaded. Read only for delivery
-        reports, whose report and original's headers come first (shared/domain/reports.py)."""
-        from kiota_abstractions.api_error import APIError
-        builder = self._user(mailbox).messages.by_message_id(message_id).content
-        adapter = self._clients.client(mailbox.client).request_adapter
-
-        async def op() -> tuple[bytes, bool]:
-            info = builder.to_get_request_information(self._cfg())
-            adapter.set_base_url_for_request_information(info)
-            request = await adapter.convert_to_native_async(info)
-            response = await adapter._http_client.send(request, stream=True)
-            try:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise APIError(message=response.text[:300], response_status_code=response.status_code,
-                                   response_headers=dict(response.headers))
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        return bytes(data[:limit]), True
-                return bytes(data), False
-            finally:
-                await response.aclose()
-        return await self._call(mailbox.client, mailbox.graph_user, op, "message mime")
+        """The first `limit` bytes of the mail's MIME (`$value`, which Graph answers for every message,
+        a report's original included: learn.microsoft.com/graph/outlook-get-mime-message) and whether
+        there was more: cut off there, the rest of a large mail is never downloaded. Read only for
+        delivery reports, whose report and original's headers come first (shared/domain/reports.py)."""
+        sink = io.BytesIO()
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        written = await self._stream_value(mailbox, builder, sink, limit, "report mime", cut=True)
+        return sink.getvalue(), written > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)

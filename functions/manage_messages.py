@@ -1,5 +1,5 @@
 """Manage API for failed and unprocessed mail: lists, one mail's trace, recoveries, the status,
-the status page and the privacy erase (auth level FUNCTION; JSON in and out, HTML for the page).
+the admin console and the privacy erase (auth level FUNCTION; JSON in and out, HTML for the console).
 
 Every route parses its input, calls one service (shared/services/status.py, recovery.py,
 privacy.py) and maps its errors: bad input 400, unknown things 404, Graph or Storage down 503.
@@ -15,8 +15,9 @@ from shared.bootstrap import services
 from shared.domain.errors import TransientError
 from shared.services.privacy import PrivacyRequestError
 from shared.services.recovery import RecoveryNotFound, RecoveryRequestError, parse_since
-from shared.services.status import ListRequestError, dashboard_html, inbox_status, list_messages
+from shared.services.status import ListRequestError, inbox_status, list_messages
 from shared.services.steps import message_steps_of
+from shared.web.console import console_page
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.manage")
@@ -100,10 +101,11 @@ async def manage_status(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="manage/dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def manage_dashboard(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(dashboard_html(), status_code=200, mimetype="text/html", charset="utf-8",
+    """The admin console (shared/web/console/): every screen calls the JSON routes above and beside."""
+    page, csp = console_page()
+    return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8",
                              headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                                      "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                      "style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"})
+                                      "Referrer-Policy": "no-referrer", "Content-Security-Policy": csp})
 
 
 @bp.route(route="manage/privacy/erase", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)

@@ -1,0 +1,128 @@
+"""The console's browser tests: the real stack (Azurite, the Graph and TRAML simulators, the dev host
+enforcing function keys like Azure) and Debian's Chromium driven by Python playwright.
+
+`ConsoleWorld` starts it all once per test module; `browser()` launches Chromium headless from
+/usr/bin/chromium (no browser download). Screenshots go to artifacts/console-*.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.support.stack import CLIENT_ID, ROOT, TENANT, WEBHOOK_KEY, Stack, stop_all
+from tools.sim.traml import DEMO_API_KEY, TramlSim
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+TEMPLATE = "Thanks"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),
+    reason=f"Chromium is not installed at {CHROMIUM} (.ci/run installs Debian's chromium; set CHROMIUM to another)")
+
+
+@contextmanager
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class ConsoleWorld:
+    """One stack for a test module: client `demo` (works; its secret 'expires' in 10 days), client
+    `broken` (a wrong secret), TRAML with template `Thanks`, the embedded CRM, keys enforced."""
+
+    def __init__(self) -> None:
+        self.traml = TramlSim().start()
+        self.traml.add_template(TEMPLATE, "<p>Your ticket $$helpdesknumber$$</p>", "Your ticket $$helpdesknumber$$")
+        self.traml.add_template("Holiday", "<p>We are away</p>", "We are away")
+        # a date 11 days ahead: its midnight is 10 to 11 days away whatever the time of day
+        expires = (datetime.now(timezone.utc) + timedelta(days=11)).date().isoformat()
+        clients = {"demo": {"tenant_id": TENANT, "client_id": CLIENT_ID, "credential": "secret", "secret_expires": expires},
+                   "broken": {"tenant_id": TENANT, "client_id": CLIENT_ID, "credential": "secret"}}
+        self.stack = Stack(extra_settings={
+            "GRAPH_CLIENTS": json.dumps(clients), "GRAPH_CLIENT_SECRET_BROKEN": "not-the-secret",
+            "TRAML_BASE_URL": self.traml.api_url, "TRAML_API_KEY": DEMO_API_KEY})
+        try:
+            self.stack.start()
+        except BaseException:
+            self.traml.stop()
+            raise
+        # Enforce function keys as Azure does (Stack starts the dev host without): the console must
+        # carry the key it was opened with on every call.
+        host = self.stack.host
+        host._function_key = host._master_key = WEBHOOK_KEY
+        host.enforce_keys = True
+        self.stack.http.headers["x-functions-key"] = WEBHOOK_KEY
+
+    def stop(self) -> None:
+        stop_all(self.stack, self.traml)
+
+    @property
+    def graph(self) -> Any:
+        return self.stack.graph
+
+    def url(self, hash_: str = "", **query: str) -> str:
+        extra = "".join(f"&{k}={v}" for k, v in query.items())
+        return f"{self.stack.url}/api/manage/dashboard?code={WEBHOOK_KEY}{extra}" + (f"#{hash_}" if hash_ else "")
+
+    def open(self, page: Any, hash_: str = "") -> Any:
+        """Load the console afresh on a screen and wait until it has rendered."""
+        self._loads = getattr(self, "_loads", 0) + 1
+        page.goto(self.url(hash_, load=str(self._loads)))  # a new document, even when only the hash differs
+        wait_ready(page)
+        return page
+
+
+def wait_ready(page: Any, previous: int | None = None, timeout: float = 30.0) -> int:
+    """Wait for the router to finish a render (after `previous` renders, when given); its count.
+    Polls with page.evaluate: playwright's wait_for_function evaluates strings in the page, which
+    the console's Content-Security-Policy (rightly) refuses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, count, error = page.evaluate(
+            "[document.body.dataset.state, Number(document.body.dataset.renders || 0), document.body.dataset.error]")
+        if state in ("ready", "error") and count > (previous or 0):
+            assert state == "ready", error
+            return count
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the console did not finish rendering (state {state}, renders {count}, error {error})")
+        time.sleep(0.05)
+
+
+def wait_for(page: Any, expression: str, timeout: float = 30.0, what: str = "") -> Any:
+    """Poll a JS expression until it is truthy (see wait_ready for why not wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or expression}")
+        time.sleep(0.05)
+
+
+def renders(page: Any) -> int:
+    return int(page.evaluate("document.body.dataset.renders || 0"))
+
+
+def shot(page: Any, name: str, full_page: bool = True) -> Path:
+    path = ARTIFACTS / f"console-{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=full_page)
+    return path

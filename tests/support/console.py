@@ -126,3 +126,60 @@ def shot(page: Any, name: str, full_page: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+class Watch:
+    """What one browser page did: its console errors (CSP violations among them), page errors, the
+    manage API requests it sent, and each state the console's body went through."""
+
+    # runs before the console's own script (through DevTools, which the page's CSP does not govern)
+    STATES = """
+        window.__states = [];
+        new MutationObserver(() => {
+          const s = document.body && document.body.dataset.state;
+          const main = document.getElementById('main');
+          window.__states.push([s, main ? main.querySelectorAll('.state.loading').length : 0]);
+        }).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-state']});
+    """
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.allowed: list[str] = []  # console errors a test causes on purpose (e.g. "404")
+        self.requests: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        page.on("request", lambda r: self.requests.append(r.url) if "/api/" in r.url else None)
+        self.refused: list[str] = []  # "404 GET /api/manage/..." for each answer >= 400
+        page.on("response", lambda r: self.refused.append(f"{r.status} {r.request.method} {r.url.split('?')[0]}")
+                if r.status >= 400 else None)
+        page.add_init_script(self.STATES)
+
+    def unexpected_errors(self, *allowed: str) -> list[str]:
+        """Console errors other than failed loads the test caused on purpose (`allowed` substrings),
+        with the refused requests named (the console message does not say which)."""
+        found = [e for e in self.errors if not any(a in e for a in allowed)]
+        return found + (self.refused if found else [])
+
+
+@contextmanager
+def watched_page(chromium: Any, viewport: dict[str, int] = DESKTOP, **context: Any) -> Iterator[tuple[Any, Watch]]:
+    ctx = chromium.new_context(viewport=viewport, **context)
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    watch = Watch(page)
+    try:
+        yield page, watch
+    finally:
+        ctx.close()
+
+
+def no_horizontal_overflow(page: Any) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def click_and_wait(page: Any, selector: str) -> int:
+    """Click something that makes the console render again, and wait for that render."""
+    before = renders(page)
+    page.click(selector)
+    return wait_ready(page, before)

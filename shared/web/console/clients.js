@@ -31,7 +31,11 @@
     graph_unavailable: "Graph or Entra could not be reached or failed: check the network path (proxy, firewall, " +
       "OUTBOUND_CA_BUNDLE for a TLS-inspecting proxy) and try again.",
   };
-  C.advice = (reason, fix) => fix || ADVICE[reason] || "";
+  // the API's fix when it gives one, else ours, naming the client's own secret setting
+  C.advice = (reason, fix, client) => {
+    const text = fix || ADVICE[reason] || "";
+    return client && client.secret_setting ? text.split("GRAPH_CLIENT_SECRET_<NAME>").join(client.secret_setting) : text;
+  };
 
   C.syncAndSave = async function () {
     const report = await C.api("POST", "subscriptions/sync");
@@ -43,7 +47,7 @@
     await C.render();
   };
 
-  function validationResult(result) {
+  function validationResult(result, client) {
     const ok = result.ok;
     const failing = (result.checks || []).filter((c) => !c.ok);
     const first = failing[0] || {};
@@ -54,7 +58,7 @@
                           : "Not valid: "), ok ? null : el("span", { class: "tag reason" }, reason));
     if (!ok) {
       if (first.detail) box.append(el("p", { class: "what detail" }, first.detail));
-      const advice = C.advice(reason, result.fix || first.fix);
+      const advice = C.advice(reason, result.fix || first.fix, client);
       if (advice) box.append(el("p", { class: "what advice" }, el("strong", {}, "What to do: "), advice));
     }
     box.append(C.table({
@@ -92,7 +96,7 @@
       result.replaceChildren(C.loading("Getting a fresh token and reading the inboxes…"));
       try {
         result.replaceChildren(validationResult(await C.api("POST", "clients/" + encodeURIComponent(c.name) + "/validate",
-          { query: { mailbox: target.value.trim() } })));
+          { query: { mailbox: target.value.trim() } }), c));
       } catch (err) {
         result.replaceChildren(C.errorBox(err, "Validation could not run"));
       }

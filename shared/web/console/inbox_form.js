@@ -40,8 +40,9 @@
   function rowEditor({ name, label, columns, rows, addLabel, keyOf, hint }) {
     const list = el("div", { class: "rows" });
     const labelId = "f-" + name.replace(/\./g, "-") + "-label";
+    const choicesOf = (col, inputs) => (col.choicesFrom !== undefined ? col.choicesOf(inputs[col.choicesFrom].value) : col.choices);
     function control(col, value, inputs) {
-      const choices = col.choicesFrom !== undefined ? col.choicesOf(inputs[col.choicesFrom].value) : col.choices;
+      const choices = choicesOf(col, inputs);
       const input = choices && choices.length
         ? select(choices, value || choices[0])
         : el("input", { type: col.type || "text", placeholder: col.placeholder, value: value || "" });
@@ -57,7 +58,11 @@
       const mark = () => { row.dataset.field = name + "." + keyOf(inputs.map((x) => x.value)); };
       columns.forEach((col, i) => {
         if (col.choicesFrom === undefined) return;
+        let offered = JSON.stringify(choicesOf(col, inputs) || null);
         inputs[col.choicesFrom].addEventListener("change", () => {
+          const now = JSON.stringify(choicesOf(col, inputs) || null);
+          if (now === offered) return;  // same choices (or free text): keep what was typed
+          offered = now;
           const next = control(col, "", inputs);
           inputs[i].replaceWith(next);
           inputs[i] = next;
@@ -103,8 +108,9 @@
     // ---- controls ----
     const address = box ? null : el("input", { type: "email", autocomplete: "off", placeholder: "support@customer.com" });
     const clientNames = clients.map((c) => c.name);
-    const client = select(clientNames, cur.client || clientNames[0],
-      (n) => { const c = clients.find((x) => x.name === n); return c ? n + " · " + c.credential + " · tenant " + c.tenant_id : n; });
+    // a new inbox with several clients to choose from: no choice made for the admin
+    const client = select(!box && clientNames.length > 1 ? ["", ...clientNames] : clientNames, cur.client || (clientNames.length > 1 ? "" : clientNames[0]),
+      (n) => { const c = clients.find((x) => x.name === n); return c ? n + " (" + c.credential + ", tenant " + c.tenant_id + ")" : "— choose a client —"; });
     const active = el("input", { type: "checkbox", checked: box ? cur.active !== false : true });
     const startInitial = box ? C.localInput(cur.start_date) : "";
     const start = el("input", { type: "datetime-local", value: startInitial });
@@ -158,10 +164,12 @@
     const daysField = field("closed_ticket_days", "Days closed before a new ticket", days, "Used with the last policy.");
     const folderField = field("move_folder", "Folder", folder);
     folderField.querySelector(".control").insertBefore(folderHint, folderField.querySelector(".field-error"));
-    const templateHint = auto.traml_configured === false
+    const missingTemplate = Array.isArray(auto.templates) && curAuto.template && !templates.includes(curAuto.template)
+      ? "TRAML has no template named '" + curAuto.template + "' (any more): its autoreplies fail until you choose another. " : "";
+    const templateHint = missingTemplate + (auto.traml_configured === false
       ? "TRAML is not configured (TRAML_BASE_URL): no autoreply can be sent."
       : auto.error ? "TRAML's templates could not be listed: " + (auto.error.message || auto.error.reason)
-        : (templates.length ? "Mail templates in Lime Marketing (TRAML)." : "TRAML has no mail templates yet.");
+        : (templates.length ? "Mail templates in Lime Marketing (TRAML)." : "TRAML has no mail templates yet."));
     const summary = el("div", { class: "form-errors", id: "form-errors", role: "alert", hidden: true });
     const checkResult = el("div", { class: "check-result", id: "check-result", "aria-live": "polite" });
     const checkButton = el("button", { type: "button", id: "check-inbox" }, "Check");
@@ -169,9 +177,9 @@
     const form = el("form", { class: "settings", novalidate: true, id: "inbox-form" },
       summary, checkResult,
       el("fieldset", {}, el("legend", {}, "Mailbox"),
-        box ? el("div", { class: "field" }, el("span", { class: "label" }, "Address"),
+        box ? el("div", { class: "field", dataset: { wrap: "address", field: "address" } }, el("span", { class: "label" }, "Address"),
                  el("div", { class: "control" }, el("strong", { id: "f-address" }, cur.address),
-                    el("span", { class: "hint" }, "id " + cur.id)))
+                    el("span", { class: "hint" }, "id " + cur.id), el("p", { class: "field-error", hidden: true })))
             : field("address", "Address", address, "The mailbox to monitor: its Inbox becomes tickets."),
         field("client", "Graph client", client, "The Entra app registration that reads this mailbox."),
         field("active", "Monitor this inbox (active)", active, null, true),
@@ -211,7 +219,7 @@
         const found = await C.get("clients/" + encodeURIComponent(client.value) + "/folders", { mailbox });
         if (mine !== folderLoad) return;
         const list = Array.isArray(found) ? found : (found.folders || []);
-        folder.replaceChildren(C.option("", "— choose a folder —"), list.map((f) => C.option(f.id, f.path || f.display_name)));
+        folder.replaceChildren(C.option("", "— choose a folder —"), ...list.map((f) => C.option(f.id, f.path || f.display_name)));
         const match = list.find((f) => [f.id, f.path, f.display_name].includes(chosen));
         if (chosen && !match) folder.append(C.option(chosen, chosen + " (not found in the mailbox)"));
         folder.value = match ? match.id : chosen;
@@ -262,28 +270,47 @@
       for (const x of form.querySelectorAll("[aria-invalid]")) x.removeAttribute("aria-invalid");
       for (const x of form.querySelectorAll(".field-error")) { x.hidden = true; x.textContent = ""; }
     }
-    function showRefusal(err, checking) {
+    // the control (or row, or group) a dotted field name stands for: the longest prefix that has one
+    function targetOf(field) {
+      for (let name = field || ""; name; name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "") {
+        const found = [...form.querySelectorAll(".field [data-field], .field[data-field]")]
+          .find((x) => x.dataset.field === name && !x.closest("[hidden]"));
+        if (found) return found;
+      }
+      return null;
+    }
+    function place(field, message) {
+      const target = targetOf(field);
+      if (!target) return null;
+      const control = target.matches("input, select, textarea") ? target : target.querySelector("input, select, textarea");
+      const error = target.closest(".field").querySelector(".field-error");
+      error.textContent = error.textContent ? error.textContent + " " + message : message;
+      error.hidden = false;
+      if (control) control.setAttribute("aria-invalid", "true");
+      return control || target;
+    }
+    function showRefusal(err, checking, touched) {
       clearErrors();
-      let target = null;
-      for (let name = err.field || ""; name && !target; name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "") {
-        target = [...form.querySelectorAll("[data-field]")].find((x) => x.dataset.field === name && !x.closest("[hidden]"));
+      if (touched) {  // a check of its own accord: only about a field the admin has changed
+        const near = (f) => [...touched].some((t) => f === t || f.startsWith(t + ".") || t.startsWith(f + "."));
+        const all = [{ field: err.field, message: err.message }, ...((err.detail && err.detail.violations) || [])];
+        if (!all.some((v) => v.field && near(v.field))) return;
       }
       const what = checking ? "Check found a problem" : (box ? "Not saved" : "Not added");
       C.put(summary, el("strong", {}, what + ": "), el("span", { class: "message" }, err.message),
         err.reason ? el("span", {}, " ", el("span", { class: "tag" }, err.reason)) : null,
-        err.detail && err.detail.host ? el("div", {}, "Host: ", el("code", {}, err.detail.host)) : null);
+        err.detail && err.detail.host ? el("div", {}, "Host: ", el("code", {}, err.detail.host)) : null,
+        err.detail && err.detail.fix ? el("div", {}, "What to do: " + err.detail.fix) : null);
       summary.hidden = false;
-      summary.dataset.field = err.field || "";
-      if (target) {
-        const control = target.matches("input, select, textarea") ? target : target.querySelector("input, select, textarea");
-        const error = target.closest(".field").querySelector(".field-error");
-        error.textContent = err.message;
-        error.hidden = false;
-        if (control) {
-          control.setAttribute("aria-invalid", "true");
-          if (!checking) control.focus();
-        }
-      } else if (!checking) {
+      summary.dataset.refusedField = err.field || "";
+      summary.dataset.reason = err.reason || "";
+      // every broken rule next to its field (the API lists them all; its message names the first)
+      const more = ((err.detail && err.detail.violations) || []).filter((v) => v.field && v.field !== err.field);
+      const first = err.field ? place(err.field, err.message) : null;
+      for (const v of more) place(v.field, v.message);
+      if (checking) return;
+      if (first && first.focus) first.focus();
+      else {
         summary.setAttribute("tabindex", "-1");
         summary.focus();
       }
@@ -291,6 +318,7 @@
 
     // ---- Check, Save ----
     let checks = 0, saving = false, timer = null;
+    const touched = new Set();
     async function check(quiet) {
       if (saving) return;
       const mine = ++checks;
@@ -307,12 +335,17 @@
       } catch (err) {
         if (mine !== checks || saving) return;
         checkResult.replaceChildren();
-        showRefusal(err, true);
+        showRefusal(err, true, quiet ? touched : null);
       }
     }
     checkButton.addEventListener("click", () => { clearTimeout(timer); check(false); });
     // a mistake is shown when it is made: check again shortly after any change
-    form.addEventListener("change", () => { clearTimeout(timer); timer = setTimeout(() => check(true), 600); });
+    form.addEventListener("change", (ev) => {
+      const changed = ev.target.closest && ev.target.closest("[data-field]");
+      if (changed) touched.add(changed.dataset.field.split(".")[0]);
+      clearTimeout(timer);
+      timer = setTimeout(() => check(true), 600);
+    });
 
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();

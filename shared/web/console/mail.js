@@ -65,10 +65,13 @@
     const q = route.query;
     const status = LISTS.some(([s]) => s === q.get("status")) ? q.get("status") : "failed";
     const filters = { status, mailbox: q.get("mailbox") || "", since: q.get("since") || "" };
-    const [state, doc, tasks] = await Promise.all([
-      C.get("status", { all: "true" }),
-      C.get("messages", { status, mailbox: filters.mailbox, since: C.localDayIso(filters.since), limit: 1000 }),
-      C.get("recovery", { limit: 10 })]);
+    // a filter the API refuses (a date in the future, an unknown inbox) is shown next to that filter
+    const listed = C.get("messages", { status, mailbox: filters.mailbox, since: C.localDayIso(filters.since), limit: 1000 })
+      .catch((err) => {
+        if (!(err.status >= 400 && err.status < 500) || err.status === 401) throw err;
+        return { count: 0, more: false, messages: [], refused: err };
+      });
+    const [state, doc, tasks] = await Promise.all([C.get("status", { all: "true" }), listed, C.get("recovery", { limit: 10 })]);
     C.showHealth(state.summary);
     const addresses = Object.fromEntries(state.inboxes.map((i) => [i.id, i.address]));
     const hash = (extra) => "#/mail?" + new URLSearchParams(Object.assign({}, filters, extra)).toString();
@@ -77,9 +80,20 @@
       state.inboxes.map((i) => C.option(i.id, i.address)));
     inbox.value = filters.mailbox;
     const since = el("input", { type: "date", id: "filter-since", value: filters.since });
+    const refused = doc.refused;
+    const errorOf = (name) => (refused && refused.field === name
+      ? el("span", { class: "field-error", id: "filter-" + name + "-error", role: "alert" }, refused.message) : null);
+    for (const [name, control] of [["mailbox", inbox], ["since", since]]) {
+      if (refused && refused.field === name) {
+        control.setAttribute("aria-invalid", "true");
+        control.setAttribute("aria-describedby", "filter-" + name + "-error");
+      }
+    }
     const filterForm = el("form", { class: "filters", id: "mail-filters", role: "search" },
-      el("label", {}, "Inbox", inbox), el("label", {}, "Received since", since),
-      el("button", { type: "submit" }, "Apply"), el("a", { href: "#/mail?status=" + status }, "Clear"));
+      el("label", {}, "Inbox", inbox, errorOf("mailbox")), el("label", {}, "Received since", since, errorOf("since")),
+      el("button", { type: "submit" }, "Apply"), el("a", { href: "#/mail?status=" + status }, "Clear"),
+      refused && !["mailbox", "since"].includes(refused.field)
+        ? el("span", { class: "field-error", role: "alert" }, refused.message) : null);
     filterForm.addEventListener("submit", (ev) => {
       ev.preventDefault();
       C.go(hash({ mailbox: inbox.value, since: since.value }));
@@ -100,7 +114,8 @@
         el("span", { class: "muted", id: "mail-count" }, "(" + doc.count + (doc.more ? "+" : "") + ")")),
       C.table({
         id: "mail-table", rows: doc.messages,
-        empty: "No " + status + " mail" + (filters.mailbox || filters.since ? " for these filters." : "."),
+        empty: refused ? "Nothing listed: the filters were refused (see above)."
+          : "No " + status + " mail" + (filters.mailbox || filters.since ? " for these filters." : "."),
         columns: [
           { label: "Received", cell: (m) => C.time(m.received_at) },
           { label: "Inbox", cell: (m) => m.mailbox || addresses[m.mailbox_id] || m.mailbox_id },

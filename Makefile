@@ -1,5 +1,6 @@
 # Two commands: `make run` starts the app locally on embedded defaults; `make test` runs the tests.
 # Both install what they need first (a venv in .venv, Azurite from tools/azurite's lock file).
+# make run RUN_ARGS="--fresh --port 7072" passes options to tools/run_local.py (--help lists them).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -20,7 +21,7 @@ tools/azurite/node_modules/.bin/azurite: tools/azurite/package-lock.json
 install: $(VENV)/.installed tools/azurite/node_modules/.bin/azurite
 
 run: install
-	$(BIN)/python tools/run_local.py
+	$(BIN)/python tools/run_local.py $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -468,7 +468,7 @@ var registryAppSettings = {
 
 // Secrets reach the app only as Key Vault references. Optional ones stay empty when unused, so the
 // app never mistakes an unresolved "@Microsoft.KeyVault(...)" string for a key.
-// Lime CRM schema names and client-side rate limit (shared/adapters/crm_lime.py, docs/lime.md).
+// Lime CRM schema names and client-side rate limit (shared/adapters/crm_lime/, docs/lime.md).
 var limeAppSettings = {
   LIME_PROP_HELPDESK_NUMBER: limePropHelpdeskNumber
   LIME_PROP_HELPDESK_STATUS: limePropHelpdeskStatus

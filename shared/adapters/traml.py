@@ -39,7 +39,7 @@ from ..services.autoreply import DeliveryUnknown, MailRejected, TemplateMail, Te
 log = logging.getLogger("inbox.traml")
 
 USER_AGENT = "inbox-functions/1 (+traml)"
-TRAML_CONNECTIONS = 8  # kept alive; see LIME_CONNECTIONS in crm_lime.py
+TRAML_CONNECTIONS = 8  # kept alive; see LIME_CONNECTIONS in crm_lime/transport.py
 # 504: the gateway in front of TRAML gave up waiting; the backend may still have queued the mail.
 AMBIGUOUS_STATUSES = (504,)
 

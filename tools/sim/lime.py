@@ -1,6 +1,6 @@
 """Lime CRM REST API simulator for local development, tests and benchmarks.
 
-Serves the subset of ../shared/facts/lime-crm-and-traml.md §1 that shared/adapters/crm_lime.py uses,
+Serves the subset of ../shared/facts/lime-crm-and-traml.md §1 that shared/adapters/crm_lime/ uses,
 under ``/<database>/api/v1`` (so ``LIME_CRM_URL`` is ``<url>/<database>``, as on Lime Cloud):
 
 * ``GET /`` (the credential check), ``GET limetype/`` (``?_embed=limetypes.properties``) and

@@ -27,7 +27,7 @@
 
   function recoveryForm(inboxes, status) {
     const mailbox = el("select", { id: "recover-mailbox" }, C.option("", "All active inboxes"),
-      inboxes.filter((i) => i.status !== "Inactive").map((i) => C.option(i.id, i.address)));
+      inboxes.filter((i) => i.active !== false).map((i) => C.option(i.id, i.address)));
     const kind = el("select", { id: "recover-status" }, C.option("failed", "Failed", status === "failed"),
       C.option("unprocessed", "Unprocessed", status === "unprocessed"));
     const since = el("input", { type: "date", id: "recover-since", required: true,
@@ -71,13 +71,14 @@
         if (!(err.status >= 400 && err.status < 500) || err.status === 401) throw err;
         return { count: 0, more: false, messages: [], refused: err };
       });
-    const [state, doc, tasks] = await Promise.all([C.get("status", { all: "true" }), listed, C.get("recovery", { limit: 10 })]);
-    C.showHealth(state.summary);
-    const addresses = Object.fromEntries(state.inboxes.map((i) => [i.id, i.address]));
+    // the inboxes from GET mailboxes (GET status would also count every Inbox's unprocessed mail)
+    const [boxes, doc, tasks] = await Promise.all([C.get("mailboxes"), listed, C.get("recovery", { limit: 10 })]);
+    const inboxes = boxes.mailboxes;
+    const addresses = Object.fromEntries(inboxes.map((i) => [i.id, i.address]));
     const hash = (extra) => "#/mail?" + new URLSearchParams(Object.assign({}, filters, extra)).toString();
 
     const inbox = el("select", { id: "filter-mailbox" }, C.option("", "All inboxes"),
-      state.inboxes.map((i) => C.option(i.id, i.address)));
+      inboxes.map((i) => C.option(i.id, i.address)));
     inbox.value = filters.mailbox;
     const since = el("input", { type: "date", id: "filter-since", value: filters.since });
     const refused = doc.refused;
@@ -128,7 +129,7 @@
       doc.more ? el("p", { class: "more" }, "More mail exists than is shown: narrow the list by inbox or date.") : null,
       el("h3", {}, "Recover mail"),
       status === "skipped" ? el("p", { class: "muted small" }, "Skipped mail was read and left alone on purpose; nothing to recover.") : null,
-      recoveryForm(state.inboxes, status),
+      recoveryForm(inboxes, status),
       el("p", { class: "muted small" }, "Unprocessed mail received before an inbox's start date is processed only by a ",
         "recovery from a date before it. No autoreply is sent for mail older than a day."),
       el("h3", {}, "Recent recoveries"),

@@ -137,7 +137,8 @@ def test_edit_saves_what_changed_and_offers_the_mailbox_folders(world, page):
 REFUSALS = [
     # (case, form, what to do, the field the refusal names)
     ("address", None, lambda p: p.fill("#f-address", "not an address"), "address"),
-    ("duplicate", None, lambda p: p.fill("#f-address", SUPPORT), "address"),
+    ("client", None, lambda p: p.fill("#f-address", SALES), "client"),  # several clients: none is chosen for you
+    ("duplicate", None, lambda p: (p.fill("#f-address", SUPPORT), p.select_option("#f-client", "demo")), "address"),
     ("template", SUPPORT, lambda p: p.select_option("#f-autoreply-template", ""), "autoreply.template"),
     ("move_folder", SUPPORT, lambda p: (p.select_option("#f-action", "move"),
                                         p.select_option("#f-move_folder", "")), "move_folder"),
@@ -242,7 +243,8 @@ def test_deactivate_activate_and_delete_after_a_confirmation(world, page):
     assert page.evaluate("document.activeElement.textContent") == "Cancel"   # the safe choice has the focus
     shot(page, "delete-confirmation", full_page=False)
     page.keyboard.press("Escape")
-    assert page.locator("dialog").count() == 0 and mailbox(world, SPARE) is not None
+    dialog.wait_for(state="detached")
+    assert mailbox(world, SPARE) is not None
     page.click(f"button[aria-label='Delete {SPARE}']")
     click_and_wait(page, f"dialog >> role=button[name='Delete {SPARE}']")
     assert page.inner_text("#notice .text") == f"{SPARE} was deleted."

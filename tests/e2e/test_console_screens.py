@@ -116,6 +116,8 @@ def test_overview_shows_health_counts_and_warnings_with_what_to_do(world, page):
     assert page.inner_text("#healthy") == "Needs attention" and page.inner_text("#health") == "Needs attention"
     warnings = texts(page, "#warnings li")
     assert any(w.startswith("Graph client demo: the client secret expires in 10 day(s)") for w in warnings), warnings
+    secret = page.locator("#warnings li", has_text="Graph client demo")
+    assert secret.get_by_role("link", name="Open Clients").get_attribute("href") == "#/clients"
     assert page.locator("#card-failed").get_attribute("href") == "#/mail?status=failed"
     shot(page, "overview")
 

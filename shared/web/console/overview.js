@@ -11,6 +11,21 @@
       extra ? el("div", { class: "muted small" }, extra) : null);
   }
 
+  // The screen where a warning is dealt with, from what it names: [hash, link text] or null.
+  function screenOf(w) {
+    const reason = w.reason || "";
+    if (w.mailbox) return [C.href("inboxes", w.mailbox), "Open the inbox"];
+    if (w.client) return ["#/clients", "Open Clients"];
+    if (reason.includes("autorepl")) {
+      const status = ["uncertain", "failed"].find((s) => reason.includes(s));
+      return ["#/autoreplies" + (status ? "?status=" + status : ""), "Open Autoreplies"];
+    }
+    const mail = ["failed", "unprocessed"].find((s) => reason.includes(s));
+    if (mail) return ["#/mail?status=" + mail, "Open Mail"];
+    if (reason.includes("inbox") || reason.includes("mailbox")) return ["#/inboxes", "Open Inboxes"];
+    return null;
+  }
+
   // A warning from GET status: {reason?, level?, message, fix?, mailbox?, client?}
   C.warningItem = function (w, addresses) {
     const where = [];
@@ -21,6 +36,8 @@
       el("span", { class: "message" }, w.message || w.reason || "warning"));
     if (w.reason) li.append(" ", el("span", { class: "tag" }, w.reason));
     if (w.fix) li.append(el("span", { class: "fix" }, "What to do: " + w.fix));
+    const screen = screenOf(w);
+    if (screen) li.append(" ", el("a", { href: screen[0], class: "small" }, screen[1]));
     return li;
   };
 

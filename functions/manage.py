@@ -61,11 +61,16 @@ async def manage_ticket(req: func.HttpRequest) -> func.HttpResponse:
 
 # Served as downloads (never rendered as a page of this origin), except images shown in notes.
 _INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# Downloads that keep their own type (a browser never renders these as a page): a stored original
+# opens in the mail client.
+_DOWNLOAD_TYPES = ("message/rfc822",)
 
 
 @bp.route(route="manage/documents/{doc_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def manage_document(req: func.HttpRequest) -> func.HttpResponse:
-    """A document's file (what `cid:` images in HTML notes of the embedded CRM point to)."""
+    """A document's file (what `cid:` images in HTML notes of the embedded CRM point to, and the
+    `url` of each document in a ticket's detail): images inline, a stored original (.eml) as
+    `message/rfc822`, everything else as an `application/octet-stream` download."""
     svc = await services().ready()
     meta_of, bytes_of = getattr(svc.crm, "get_document", None), getattr(svc.crm, "get_document_bytes", None)
     doc_id = req.route_params.get("doc_id", "")
@@ -75,8 +80,11 @@ async def manage_document(req: func.HttpRequest) -> func.HttpResponse:
         return error(404, "no such document")
     ctype = str(meta.get("content_type") or "application/octet-stream").split(";")[0].strip().lower()
     inline = ctype in _INLINE_TYPES
+    name = str(meta.get("filename") or "file")
+    # an ASCII fallback for old clients, then the exact name (RFC 6266)
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in name)
     headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
                "Content-Disposition": ("inline" if inline else "attachment")
-               + f"; filename*=UTF-8''{quote(str(meta.get('filename') or 'file'), safe='')}"}
-    return func.HttpResponse(data, status_code=200, mimetype=ctype if inline else "application/octet-stream",
-                             headers=headers)
+               + f"; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"}
+    return func.HttpResponse(data, status_code=200, headers=headers,
+                             mimetype=ctype if inline or ctype in _DOWNLOAD_TYPES else "application/octet-stream")

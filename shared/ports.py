@@ -28,7 +28,11 @@ class JobQueue(Protocol):
 
 class MailGateway(Protocol):
     """Graph mail operations on one monitored mailbox. Errors: MailNotFound, TransientError,
-    PermanentError (from shared.domain.errors)."""
+    PermanentError (from shared.domain.errors).
+
+    Optional capabilities the services use when present: `list_attachments`, `get_attachment_item`,
+    `stream_attachment` (services/attachments.py) and `stream_message(mailbox, message_id, sink,
+    limit) -> int` (the mail's MIME written to a binary file; ContentTooLarge past `limit`)."""
 
     async def get_message(self, mailbox: Mailbox, message_id: str) -> InboundMail: ...
     async def inbox_folder_id(self, mailbox: Mailbox) -> str: ...
@@ -86,7 +90,8 @@ class CrmGateway(Protocol):
     Optional capabilities the processor uses when present: `document_url(doc_id) -> str` (where a
     stored inline image can be shown from the HTML note, for `cid:` links) and
     `add_document_file(draft, file, key) -> str` (a large attachment streamed from a seekable
-    binary file instead of bytes in memory)."""
+    binary file instead of bytes in memory) and `find_document(key) -> str | None` (the document
+    a key already made, asked on a retry before a large file is read again)."""
 
     async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
         """The person with this email, created (with `company_id`, '' for none) when there is none.

@@ -34,9 +34,9 @@ from . import tls
 from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
-from ..domain.errors import MailNotFound, PermanentError, TransientError
-from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
-from ..domain.model import InboxItem, Mailbox, SubscriptionInfo
+from ..domain.errors import ContentTooLarge, MailNotFound, PermanentError, TransientError
+from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, MESSAGE_SIZE_EXPAND, InboundMail, parse_graph_time
+from ..domain.model import STORE_ORIGINAL_EML, InboxItem, Mailbox, SubscriptionInfo
 
 log = logging.getLogger("inbox.graph")
 T = TypeVar("T")
@@ -56,8 +56,9 @@ class GraphAccessDenied(PermanentError):
     """Graph answered 403: a missing permission or an application access policy."""
 
 
-class AttachmentTooLarge(PermanentError):
-    """An attachment's content turned out larger than the limit its metadata promised to respect."""
+class AttachmentTooLarge(ContentTooLarge):
+    """An attachment's (or a whole mail's) content turned out larger than the limit its metadata
+    promised to respect."""
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -299,8 +300,10 @@ class GraphAdapter:
             MessageItemRequestBuilder,
         )
         select = list(MESSAGE_SELECT) + [s for s in self._custom_select if s not in MESSAGE_SELECT]
-        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(
-            select=select, expand=[f"attachments($select={','.join(ATTACHMENT_SELECT)})"])
+        expand = [f"attachments($select={','.join(ATTACHMENT_SELECT)})"]
+        if mailbox.store_original == STORE_ORIGINAL_EML:
+            expand.append(MESSAGE_SIZE_EXPAND)  # its size decides before `$value` whether it fits
+        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(select=select, expand=expand)
         info = self._user(mailbox).messages.by_message_id(message_id).to_get_request_information(self._cfg(query))
         doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "message get")
         return InboundMail.from_graph(mailbox.id, doc, self._custom_select)
@@ -359,9 +362,23 @@ class GraphAdapter:
         """Stream an attachment's `$value` (a file's bytes, an attached message's MIME) into the
         binary file `sink`, chunk by chunk, never holding it in memory; returns the bytes written.
         Raises AttachmentTooLarge past `limit` (the metadata's size is only Graph's estimate)."""
-        from kiota_abstractions.api_error import APIError
         builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "attachment stream")
+
+    async def stream_message(self, mailbox: Mailbox, message_id: str, sink: Any, limit: int | None = None) -> int:
+        """Stream the mail's MIME (`GET /users/{id}/messages/{id}/$value`: every header, the body and
+        every attachment, as Exchange renders it) into `sink`, as stream_attachment does; raises
+        AttachmentTooLarge as soon as it passes `limit`, without reading the rest."""
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "message mime")
+
+    async def _stream_value(self, mailbox: Mailbox, builder: Any, sink: Any, limit: int | None, what: str) -> int:
+        """The one streaming path for `$value`: the item builder's request (auth, headers and
+        middleware stay the SDK's; msgraph-sdk 1.65 has no builder for `$value`) sent with
+        `stream=True`, written to `sink` chunk by chunk. A retry starts `sink` over."""
+        from kiota_abstractions.api_error import APIError
         adapter = self._clients.client(mailbox.client).request_adapter
+        noun = "the mail's MIME" if what == "message mime" else "attachment content"
 
         async def op() -> int:
             info = builder.to_get_request_information(self._cfg())
@@ -381,12 +398,12 @@ class GraphAdapter:
                 async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if limit is not None and written > limit:
-                        raise AttachmentTooLarge(f"attachment content is over the {limit}-byte limit")
+                        raise AttachmentTooLarge(f"{noun} is over the {limit}-byte limit")
                     sink.write(chunk)
                 return written
             finally:
                 await response.aclose()
-        return await self._call(mailbox.client, mailbox.graph_user, op, "attachment stream")
+        return await self._call(mailbox.client, mailbox.graph_user, op, what)
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)

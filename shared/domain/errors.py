@@ -21,6 +21,11 @@ class PermanentError(InboxError):
     """Retrying cannot help (malformed data, a 4xx the remote side will repeat). Recorded with its reason."""
 
 
+class ContentTooLarge(PermanentError):
+    """Content (an attachment's, a whole mail's MIME) turned out larger than the limit it was read
+    under: the reading stopped there and what was read is discarded."""
+
+
 class MailNotFound(PermanentError):
     """Graph answered 404 for the mail: deleted or moved away before we got to it."""
 

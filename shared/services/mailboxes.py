@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from ..domain.errors import MailNotFound, PermanentError
-from ..domain.model import ACTION_DELETE, ACTION_MOVE, AutoreplySettings, Mailbox
+from ..domain.model import ACTION_DELETE, ACTION_MOVE, STORE_ORIGINAL_MODES, AutoreplySettings, Mailbox
 from ..ports import Clock, MailboxRegistry
 from .subscriptions import MailboxOutcome, SubscriptionRecord, SubscriptionService
 
@@ -28,7 +28,7 @@ log = logging.getLogger("inbox.mailboxes")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
 CLOSED_TICKET_POLICIES = ("reopen", "new", "new_after_days")
 EDITABLE = ("client", "active", "start_date", "action", "move_folder", "autoreply", "routing",
-            "closed_ticket_policy", "closed_ticket_days", "sender_id_behaviour")
+            "closed_ticket_policy", "closed_ticket_days", "sender_id_behaviour", "store_original")
 ADDRESS_ONLY_WARNING = ("the app may not read users (User.Read.All): the mailbox is addressed by its address "
                         "and its notifications are verified by the mailbox key in the notification URL")
 
@@ -120,6 +120,10 @@ def _apply(box: Mailbox, doc: dict[str, Any], clients: dict[str, Any], now: date
         if not isinstance(value, str) or not 0 < len(value) <= 64:
             raise ValidationError("'sender_id_behaviour' must be a short string")
         box.sender_id_behaviour = value
+    if "store_original" in doc:
+        if doc["store_original"] not in STORE_ORIGINAL_MODES:
+            raise ValidationError(f"'store_original' must be one of {', '.join(STORE_ORIGINAL_MODES)}")
+        box.store_original = doc["store_original"]
     return box
 
 

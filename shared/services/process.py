@@ -172,7 +172,8 @@ class MessageProcessor:
         of a ticket the sender is a contact of) -> skip automated mail that belongs to no ticket ->
         the decision (default policy, then the processing extension) recorded on the ledger as the
         plan -> person -> ticket (new, successor of a closed one, or existing), its number added to
-        the plan -> reopen -> Message-ID -> attachments -> overflow documents -> history note."""
+        the plan -> reopen -> Message-ID -> attachments -> the original .eml (store_original) ->
+        overflow documents -> history note."""
         d = self.d
         rules = d.rules
         try:
@@ -213,8 +214,11 @@ class MessageProcessor:
         if mail.internet_message_id and not (action in CREATED and entry.data.get("reserved_number")):
             await d.crm.add_message_ids(ticket.id, [mail.internet_message_id])
 
-        results = await AttachmentStore(d.mail, d.crm, AttachmentRules(
-            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline)).store(mailbox, mail, ticket.id, key)
+        documents = AttachmentStore(d.mail, d.crm, AttachmentRules(
+            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline))
+        results = await documents.store(mailbox, mail, ticket.id, key)
+        # the mail's MIME as a .eml, per the mailbox's store_original (a retry asks the CRM first)
+        original = await documents.store_original(mailbox, mail, ticket.id, key, resumed=entry.attempts > 1)
         url_of = getattr(d.crm, "document_url", None)
         cid_map = {r.content_id: url_of(r.document_id) for r in results
                    if url_of and r.status == "stored" and r.content_id}
@@ -222,7 +226,7 @@ class MessageProcessor:
             "Sent from one of our own mailboxes: the ticket's status was left as it was." if verdict.kind == policy.OWN
             else f"Automatic message ({verdict.reason}): the ticket's status was left as it was."]
         note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
-                                  _skipped_lines(results))
+                                  _skipped_lines(results) + (original.note_lines() if original else []))
         extra_documents: list[str] = []
         if note.truncated:
             extra_documents.append(await d.crm.add_document(DocumentDraft(
@@ -253,6 +257,8 @@ class MessageProcessor:
                           history_id=history_id, documents=extra_documents)
         if len(results) > LEDGER_ATTACHMENTS_MAX:
             entry.data["attachments_more"] = len(results) - LEDGER_ATTACHMENTS_MAX
+        if original is not None:
+            entry.data["original"] = original.summary()
         entry.data["autoreply"] = bool(
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)

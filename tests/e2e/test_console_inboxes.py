@@ -205,25 +205,24 @@ def test_a_template_gone_from_traml_is_named_when_the_form_opens(world, page):
 
 
 def test_a_choice_the_options_route_adds_is_offered_and_sent(world, page):
-    """A new per-mailbox choice (e.g. store_original) needs no new form code: the options route's
-    list is rendered as one more select and its value goes in the request."""
+    """A new per-mailbox choice needs no new form code: a list the options route gives for the
+    mailbox is rendered as one more select (labelled from its name), and its value goes in the request."""
     page.watch.allowed += ["400", "422"]
 
     def with_extra_choice(route):
         doc = route.fetch().json()
-        doc["mailbox"]["store_original"] = ["none", "eml"]
+        doc["mailbox"]["escalation_level"] = ["none", "team_lead", "manager"]
         route.fulfill(json=doc)
     page.route("**/api/manage/options*", with_extra_choice)
     bodies: list[dict] = []
     page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if "validate_only" in r.url else None)
     open_form(world, page, SUPPORT)
-    assert page.inner_text('[data-wrap="store_original"] label') == "Keep the original mail"
-    assert page.locator("#f-store_original option").all_inner_texts() == ["No (none)",
-                                                                         "Yes, as an .eml document on the ticket (eml)"]
-    page.select_option("#f-store_original", "eml")
+    assert page.inner_text('[data-wrap="escalation_level"] label') == "Escalation level"
+    assert page.locator("#f-escalation_level option").all_inner_texts() == ["none", "team_lead", "manager"]
+    page.select_option("#f-escalation_level", "manager")
     page.click("#check-inbox")
     wait_for(page, "!!document.querySelector('#check-result .result, #form-errors:not([hidden])')")
-    assert bodies and bodies[-1]["store_original"] == "eml"
+    assert bodies and bodies[-1]["escalation_level"] == "manager"
 
 
 def test_deactivate_activate_and_delete_after_a_confirmation(world, page):

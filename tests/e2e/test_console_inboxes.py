@@ -13,16 +13,20 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.console import (PHONE, TEMPLATE, ConsoleWorld, browser, click_and_wait, needs_chromium,
-                                   no_horizontal_overflow, shot, wait_for, wait_ready, watched_page)
+from tests.support.console import (PHONE, TEMPLATE, ConsoleWorld, browser, click_and_wait,
+                                   no_horizontal_overflow, require_chromium, shot, wait_for,
+                                   watched_page)
 from tests.support.stack import TENANT, make_mime
-
-pytestmark = needs_chromium
 
 SUPPORT = "support@contoso.example"
 SALES = "sales@contoso.example"
 EDITED = "edit@contoso.example"
 SPARE = "spare@contoso.example"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_installed():
+    require_chromium()  # before the stack starts
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,19 @@ import pytest
 
 from shared.domain import envelope
 from shared.domain.envelope import MessageJob
-from tests.support.console import (PHONE, TEMPLATE, ConsoleWorld, browser, click_and_wait, needs_chromium,
-                                   no_horizontal_overflow, shot, wait_for, wait_ready, watched_page)
+from tests.support.console import (PHONE, TEMPLATE, ConsoleWorld, browser, click_and_wait,
+                                   no_horizontal_overflow, require_chromium, shot, wait_for,
+                                   watched_page)
 from tests.support.stack import TENANT, WEBHOOK_KEY, make_mime
-
-pytestmark = needs_chromium
 
 SUPPORT = "support@contoso.example"
 BULK = "bulk@contoso.example"
 XSS = '<img src=x onerror="document.title=1">Invoice 4711'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium_installed():
+    require_chromium()  # before the stack starts
 
 
 @pytest.fixture(scope="module")

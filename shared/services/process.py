@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
 from ..domain import decision as dec
-from ..domain import matching, policy
+from ..domain import mailbox_rules, matching, policy
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
@@ -176,10 +176,9 @@ class MessageProcessor:
         overflow documents -> history note."""
         d = self.d
         rules = d.rules
-        try:
-            matching.levels(mailbox.sender_id_behaviour)
-            conv.check_policy(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days)
-        except ValueError as exc:
+        try:  # the manage API refuses to save these; a row written before it did still stops here
+            mailbox_rules.check_processable(mailbox)
+        except mailbox_rules.MailboxRuleError as exc:
             raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
         own = await d.own_addresses() if d.own_addresses else frozenset()
         verdict = policy.classify(mail, own)

@@ -143,6 +143,49 @@ def test_reserved_route_is_refused(tmp_path):
         DevHost(tmp_path, {}).start()
 
 
+def test_routes_are_tried_in_the_order_of_their_function_names_as_the_host_does(tmp_path):
+    """The Functions host does not rank a literal segment above a parameter: it tries routes in the
+    order of their functions' names (azure-functions-host#9876). A route that a parameter route of an
+    earlier-named function also matches is shadowed, and a catch-all must sort last."""
+    _write_app(tmp_path, """
+        import azure.functions as func
+        app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+        @app.route(route="items/recent", methods=["GET"])
+        def b_recent(req):
+            return "recent"
+
+        @app.route(route="items/{id}", methods=["GET"])
+        def a_item(req):
+            return "item " + req.route_params["id"]
+
+        @app.route(route="things/{*rest}")
+        def a_things_catch_all(req):
+            return "catch-all " + req.route_params.get("rest", "")
+
+        @app.route(route="things/list", methods=["GET"])
+        def b_things_list(req):
+            return "list"
+
+        @app.route(route="other/{*rest}")
+        def z_other_catch_all(req):
+            return "catch-all " + req.route_params.get("rest", "")
+
+        @app.route(route="other/list", methods=["GET"])
+        def b_other_list(req):
+            return "list"
+    """)
+    host = DevHost(tmp_path, {}).start()
+    try:
+        assert httpx.get(f"{host.url}/api/items/recent").text == "item recent"      # a_item before b_recent
+        assert httpx.get(f"{host.url}/api/things/list").text == "catch-all list"    # shadowed by a_...
+        assert httpx.get(f"{host.url}/api/other/list").text == "list"               # z_... sorts last
+        assert httpx.delete(f"{host.url}/api/other/list").text == "catch-all list"  # methods: next route
+        assert httpx.get(f"{host.url}/api/other/a/b").text == "catch-all a/b"
+    finally:
+        host.stop()
+
+
 def test_missing_setting_is_named(settings):
     partial = {k: v for k, v in settings.items() if k != "TICK_SCHEDULE"}
     with pytest.raises(DevHostError, match="TICK_SCHEDULE"):

@@ -232,6 +232,23 @@ def test_tokens_via_azure_identity_and_entra_errors(sim: GraphSim) -> None:
             "https://mi.example/issuer", "someone-else"), **common).get_token(GRAPH_SCOPE)
 
 
+def test_a_verified_domain_stands_for_the_tenant_and_everything_answers_with_the_guid(sim: GraphSim) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import ClientSecretCredential
+
+    common = dict(authority=sim.authority_host, connection_verify=sim.ca_path, disable_instance_discovery=True)
+    domain = f"t{uuid.uuid4().hex[:8]}.onmicrosoft.com"
+    with pytest.raises(ClientAuthenticationError, match="authority configuration"):  # not (yet) a domain of it
+        ClientSecretCredential(domain, CLIENT, SECRET, **common).get_token(GRAPH_SCOPE)
+    sim.add_domain(TENANT, domain)
+    token = ClientSecretCredential(domain, CLIENT, SECRET, **common).get_token(GRAPH_SCOPE).token
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["tid"] == TENANT.lower()
+    config = httpx.get(f"{sim.https_url}/{domain}/v2.0/.well-known/openid-configuration", verify=sim.ca_path).json()
+    assert config["issuer"].endswith(f"/{TENANT.lower()}/v2.0") and f"/{TENANT.lower()}/oauth2" in \
+        config["token_endpoint"]
+
+
 def test_graph_rejects_missing_or_bad_token(sim: GraphSim, mailbox) -> None:
     address, _ = mailbox
     resp = httpx.get(f"{sim.graph_url}/users/{address}/messages")

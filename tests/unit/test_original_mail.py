@@ -57,8 +57,9 @@ def test_the_setting_is_validated_on_post_and_patch():
     assert mailbox_from_request({"address": "x@contoso.example"}, clients, T0).store_original == "none"
     assert patch_from_request(box, {"store_original": "none"}, clients, T0).store_original == "none"
     for bad in ("EML", "msg", "", None, True, ["eml"]):
-        with pytest.raises(ValidationError, match="'store_original' must be one of none, eml"):
+        with pytest.raises(ValidationError, match="'store_original' is .*: it must be one of none, eml") as err:
             patch_from_request(box, {"store_original": bad}, clients, T0)
+        assert err.value.field == "store_original" and err.value.kind == "invalid"  # 422 naming the field
 
 
 async def test_a_mailbox_without_the_setting_stores_no_original_and_reads_no_mime():

@@ -125,6 +125,9 @@ def test_edit_saves_what_changed_and_offers_the_mailbox_folders(world, page):
     page.select_option("#f-sender_id_behaviour", "PersonEmailExact")
     page.select_option("#f-closed_ticket_policy", "new_after_days")
     page.fill("#f-closed_ticket_days", "7")
+    # issue 17's setting, offered by GET options with no form code of its own
+    assert page.inner_text('[data-wrap="store_original"] label') == "Keep the original mail"
+    page.select_option("#f-store_original", "eml")
     shot(page, "edit-form")
     click_and_wait(page, "#save-inbox")
     assert page.inner_text("#notice .text").startswith(f"Saved {EDITED}.")
@@ -132,8 +135,8 @@ def test_edit_saves_what_changed_and_offers_the_mailbox_folders(world, page):
     listed = world.stack.http.get("/api/manage/clients/demo/folders", params={"mailbox": EDITED}).json()["folders"]
     archive = next(f["id"] for f in listed if f["display_name"] == "Archive")
     assert after["action"] == "move" and after["move_folder"] == archive
-    assert (after["sender_id_behaviour"], after["closed_ticket_policy"], after["closed_ticket_days"]) == \
-        ("PersonEmailExact", "new_after_days", 7)
+    assert (after["sender_id_behaviour"], after["closed_ticket_policy"], after["closed_ticket_days"],
+            after["store_original"]) == ("PersonEmailExact", "new_after_days", 7, "eml")
     unchanged = ("autoreply", "routing", "client", "active", "start_date", "address")
     assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}
 

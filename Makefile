@@ -100,6 +100,7 @@ bench: install
 	$(BIN)/python bench/webhook.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/devhost_http.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(WORKER) tools/azurite/node_modules .azurite artifacts

@@ -294,6 +294,9 @@ param attachmentsInline string = 'referenced'
 @description('FREE_MAIL_DOMAINS: extra free-mail domains (comma-separated) that never match a company by domain.')
 param freeMailDomains string = ''
 
+@description('OWN_MESSAGE_ID_HOSTS: hosts (comma-separated) only our own sending systems put in Message-IDs; such mail is ours and never opens a ticket.')
+param ownMessageIdHosts string = ''
+
 @description('RENEW_SCHEDULE: NCRONTAB (six fields, UTC) of renew_subscriptions.')
 param renewSchedule string = '0 */30 * * * *'
 
@@ -528,6 +531,7 @@ var registryAppSettings = {
   ATTACHMENT_MAX_BYTES: string(attachmentMaxBytes)
   ATTACHMENTS_INLINE: attachmentsInline
   FREE_MAIL_DOMAINS: freeMailDomains
+  OWN_MESSAGE_ID_HOSTS: ownMessageIdHosts
   GRAPH_MAILBOX_CONCURRENCY: string(graphMailboxConcurrency)
   // %RENEW_SCHEDULE% / %SWEEP_SCHEDULE%: the host fails indexing when they are missing.
   RENEW_SCHEDULE: renewSchedule

@@ -31,8 +31,10 @@ class MailGateway(Protocol):
     PermanentError (from shared.domain.errors).
 
     Optional capabilities the services use when present: `list_attachments`, `get_attachment_item`,
-    `stream_attachment` (services/attachments.py) and `stream_message(mailbox, message_id, sink,
-    limit) -> int` (the mail's MIME written to a binary file; ContentTooLarge past `limit`)."""
+    `stream_attachment` (services/attachments.py), `stream_message(mailbox, message_id, sink,
+    limit) -> int` (the mail's MIME written to a binary file; ContentTooLarge past `limit`) and
+    `read_message_mime(mailbox, message_id, limit) -> (bytes, cut)` (the start of the mail's MIME, for
+    a delivery report: services/delivery_reports.py)."""
 
     async def get_message(self, mailbox: Mailbox, message_id: str) -> InboundMail: ...
     async def inbox_folder_id(self, mailbox: Mailbox) -> str: ...

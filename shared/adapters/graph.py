@@ -23,6 +23,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
@@ -433,10 +434,13 @@ class GraphAdapter:
         builder = self._user(mailbox).messages.by_message_id(message_id)
         return await self._stream_value(mailbox, builder, sink, limit, "message mime")
 
-    async def _stream_value(self, mailbox: Mailbox, builder: Any, sink: Any, limit: int | None, what: str) -> int:
+    async def _stream_value(self, mailbox: Mailbox, builder: Any, sink: Any, limit: int | None, what: str,
+                            cut: bool = False) -> int:
         """The one streaming path for `$value`: the item builder's request (auth, headers and
         middleware stay the SDK's; msgraph-sdk 1.65 has no builder for `$value`) sent with
-        `stream=True`, written to `sink` chunk by chunk. A retry starts `sink` over."""
+        `stream=True`, written to `sink` chunk by chunk. A retry starts `sink` over. Past `limit` it
+        raises AttachmentTooLarge, or with `cut` keeps the first `limit` bytes, stops reading and
+        returns more than `limit`."""
         from kiota_abstractions.api_error import APIError
         adapter = self._clients.client(mailbox.client).request_adapter
         noun = "the mail's MIME" if what == "message mime" else "attachment content"
@@ -459,12 +463,25 @@ class GraphAdapter:
                 async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if limit is not None and written > limit:
-                        raise AttachmentTooLarge(f"{noun} is over the {limit}-byte limit")
+                        if not cut:
+                            raise AttachmentTooLarge(f"{noun} is over the {limit}-byte limit")
+                        sink.write(chunk[: len(chunk) - (written - limit)])
+                        return written
                     sink.write(chunk)
                 return written
             finally:
                 await response.aclose()
         return await self._call(mailbox.client, mailbox.graph_user, op, what)
+
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        """The first `limit` bytes of the mail's MIME (`$value`, which Graph answers for every message,
+        a report's original included: learn.microsoft.com/graph/outlook-get-mime-message) and whether
+        there was more: cut off there, the rest of a large mail is never downloaded. Read only for
+        delivery reports, whose report and original's headers come first (shared/domain/reports.py)."""
+        sink = io.BytesIO()
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        written = await self._stream_value(mailbox, builder, sink, limit, "report mime", cut=True)
+        return sink.getvalue(), written > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)

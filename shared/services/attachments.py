@@ -50,6 +50,11 @@ INLINE_MODES = ("referenced", "all", "none")
 SMALL_BYTES = 1024 * 1024
 BATCH_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # Lime's smaller file store
+# A delivery report's own parts (its delivery-status fields, the original or its headers): summarised
+# in the note (domain/reports.py), and the original is our own mail already on the ticket.
+REPORT_PART = "part of the delivery report, summarised in the note"
+REPORT_PART_TYPES = ("message/delivery-status", "message/global-delivery-status", "text/rfc822-headers",
+                     "message/global-headers", "message/rfc822", "message/global", "text/rfc822")
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,10 @@ class AttachmentStore:
     crm: CrmGateway
     rules: AttachmentRules = field(default_factory=AttachmentRules)
 
-    async def store(self, mailbox: Mailbox, mail: InboundMail, ticket_id: str, mail_key: str) -> list[AttachmentResult]:
-        """Store the mail's attachments on the ticket; one result per attachment, in mail order."""
+    async def store(self, mailbox: Mailbox, mail: InboundMail, ticket_id: str, mail_key: str,
+                    report_parts: bool = False) -> list[AttachmentResult]:
+        """Store the mail's attachments on the ticket; one result per attachment, in mail order.
+        `report_parts`: the mail is a delivery report, whose report parts are skipped (REPORT_PART)."""
         atts = list(mail.attachments)
         if not atts:
             return []
@@ -178,7 +185,7 @@ class AttachmentStore:
         cids = policy.referenced_cids(mail.body) if mail.body_content_type == "html" else set()
         wanted: list[int] = []
         for i, att in enumerate(atts):
-            reason = self._skip_by_metadata(att, bool(cids))
+            reason = REPORT_PART if report_parts and _report_part(att) else self._skip_by_metadata(att, bool(cids))
             if reason:
                 results[i].status, results[i].reason = "skipped", reason
             else:
@@ -350,3 +357,7 @@ class AttachmentStore:
         except (binascii.Error, ValueError):
             raise PermanentError("Graph returned attachment content that is not base64") from None
         return _Fetched(data=data, size=len(data), content_id=str(item.get("contentId") or "").strip("<>"))
+
+
+def _report_part(att: AttachmentMeta) -> bool:
+    return att.kind == "item" or att.content_type.split(";", 1)[0].strip().lower() in REPORT_PART_TYPES

@@ -52,7 +52,7 @@ async def identify_sender(crm: CrmGateway, address: str, name: str, behaviour: s
 @dataclass(frozen=True)
 class ThreadMatch:
     ticket: TicketRef | None
-    how: str = ""  # references | subject-tag | ''
+    how: str = ""  # references | subject-tag | bounce-original (services/delivery_reports.py) | ''
     refused_tags: tuple[str, ...] = ()  # tags of existing tickets the sender is no contact of
     tags_seen: tuple[str, ...] = ()  # tags that name existing tickets (stripped from a new title)
 

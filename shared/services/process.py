@@ -30,8 +30,10 @@ from ..domain.model import (
     ACTION_MOVE, FAILED, PROCESSED, SKIPPED, STEP_AUTOREPLY_QUEUED, STEP_CRM, STEP_FETCHED, STEP_MAILBOX_ACTION,
     DocumentDraft, HistoryDraft, LedgerEntry, Mailbox, TicketDraft, TicketRef,
 )
+from ..domain.reports import DeliveryReport, unthreaded_reason
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry, MailGateway
-from .attachments import AttachmentResult, AttachmentRules, AttachmentStore
+from .attachments import REPORT_PART, AttachmentResult, AttachmentRules, AttachmentStore
+from .delivery_reports import find_report_thread, read_report
 from .extension import Extension, run_extension
 from .failures import clear_failed_category
 from .mail_to_crm import Sender, find_thread, identify_sender
@@ -173,12 +175,12 @@ class MessageProcessor:
     async def _crm_step(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob) -> str:
         """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored.
 
-        Order: classify -> identify the sender (lookups only) -> thread (References, then subject tag
-        of a ticket the sender is a contact of) -> skip automated mail that belongs to no ticket ->
-        the decision (default policy, then the processing extension) recorded on the ledger as the
-        plan -> person -> ticket (new, successor of a closed one, or existing), its number added to
-        the plan -> reopen -> Message-ID -> attachments -> the original .eml (store_original) ->
-        overflow documents -> history note."""
+        Order: classify -> identify the sender (lookups only) -> thread (a delivery report through the
+        original it carries, then References, then subject tag of a ticket the sender is a contact of)
+        -> skip automated mail that belongs to no ticket -> the decision (default policy, then the
+        processing extension) recorded on the ledger as the plan -> person -> ticket (new, successor of
+        a closed one, or existing), its number added to the plan -> reopen -> Message-ID -> attachments
+        -> the original .eml (store_original) -> overflow documents -> history note."""
         d = self.d
         rules = d.rules
         try:  # the manage API refuses to save these; a row written before it did still stops here
@@ -186,7 +188,7 @@ class MessageProcessor:
         except mailbox_rules.MailboxRuleError as exc:
             raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
         own = await d.own_addresses() if d.own_addresses else frozenset()
-        verdict = policy.classify(mail, own)
+        verdict = policy.classify(mail, own, rules.own_message_id_hosts)
         key = mail.idempotency_key()
         entry.data["key"] = key
         if verdict.automated:
@@ -201,7 +203,8 @@ class MessageProcessor:
             if not plan:  # a retry after the decision finishes it: the extension is not asked again
                 plan = await self._decide(mail, mailbox, entry, job, verdict)
                 if plan is None:
-                    return f"automated mail ({verdict.reason}) that belongs to no ticket"
+                    report = entry.data.get("report")
+                    return unthreaded_reason(verdict.reason, DeliveryReport.from_summary(report) if report else None)
             if plan["action"] == dec.SKIP:
                 return plan["skip_reason"]
             person_id, company_id = plan["person_id"], plan["company_id"]
@@ -220,15 +223,15 @@ class MessageProcessor:
 
         documents = AttachmentStore(d.mail, d.crm, AttachmentRules(
             max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline))
-        results = await documents.store(mailbox, mail, ticket.id, key)
+        results = await documents.store(mailbox, mail, ticket.id, key, report_parts=verdict.delivery_report)
         # the mail's MIME as a .eml, per the mailbox's store_original (a retry asks the CRM first)
         original = await documents.store_original(mailbox, mail, ticket.id, key, resumed=entry.attempts > 1)
         url_of = getattr(d.crm, "document_url", None)
         cid_map = {r.content_id: url_of(r.document_id) for r in results
                    if url_of and r.status == "stored" and r.content_id}
-        header = [] if not verdict.automated else [
-            "Sent from one of our own mailboxes: the ticket's status was left as it was." if verdict.kind == policy.OWN
-            else f"Automatic message ({verdict.reason}): the ticket's status was left as it was."]
+        report = entry.data.get("report")
+        header = policy.automated_note_lines(
+            verdict, DeliveryReport.from_summary(report).note_lines() if report else ())
         note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
                                   _skipped_lines(results) + (original.note_lines() if original else []))
         extra_documents: list[str] = []
@@ -282,7 +285,16 @@ class MessageProcessor:
         sender = Sender("", "", "", "")
         if address:
             sender = await identify_sender(d.crm, address, name, mailbox.sender_id_behaviour, d.rules.free_mail_domains)
-        match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
+        match = None
+        if verdict.delivery_report:  # through the original it carries (one more Graph request, this mail only)
+            report = await read_report(d.mail, mailbox, mail)
+            entry.data["report"] = report.summary()
+            match = await find_report_thread(d.crm, report)
+            log.info("process.report correlation=%s message=%s outcome=%s original=%s ticket=%s", job.correlation_id,
+                     job.message_id, report.outcome, report.source or "none",
+                     match.ticket.number if match.ticket else "-")
+        if match is None or match.ticket is None:
+            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
         if match.refused_tags:
             entry.data["refused_tags"] = list(match.refused_tags)
             log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
@@ -506,7 +518,8 @@ def _skipped_lines(results: list[AttachmentResult]) -> list[str]:
     """Note lines for attachments the agent should know are missing (not inline parts the body
     does not show: those are signatures and spacers)."""
     return [f"Attachment not stored: {r.name} ({r.reason})" for r in results
-            if r.status == "skipped" and not (r.inline and r.reason.startswith("inline part"))][:20]
+            if r.status == "skipped" and not (r.inline and r.reason.startswith("inline part"))
+            and r.reason != REPORT_PART][:20]
 
 
 def received_before(mail_time: datetime, now: datetime, seconds: int) -> bool:

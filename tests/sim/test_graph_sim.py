@@ -619,14 +619,17 @@ def test_throttling_concurrency_and_rate(sim: GraphSim, mailbox) -> None:
     headers = {"Authorization": f"Bearer {_token(sim)}"}
     url = f"{sim.graph_url}/users/{address}/messages/{msg_id}"
     sim.throttle(concurrency=4, rate_per_s=None)
-    sim.faults.add(None, path_regex=msg_id, delay_ms=300, count=4)  # hold 4 requests open
+    sim.faults.add(None, path_regex=msg_id, delay_ms=3000, count=4)  # hold 4 requests open
     try:
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(httpx.get(url, headers=headers)))
+        threads = [threading.Thread(target=lambda: results.append(httpx.get(url, headers=headers, timeout=30)))
                    for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while sim.throttle_stats()["in_flight"] < 4:  # all four hold their slot (not a guess at timing)
+            assert time.monotonic() < deadline, "the four held requests never reached the simulator"
+            time.sleep(0.01)
         fifth = httpx.get(url, headers=headers)
         for t in threads:
             t.join()

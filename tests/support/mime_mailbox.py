@@ -2,10 +2,11 @@
 tools/sim/mime2graph (what Exchange Online stores), and is served the way the Graph adapter serves
 it: the message with attachment METADATA only (`$expand=attachments($select=...)`, no contentId,
 no content), then `list_attachments` (everything with content, one call), `get_attachment_item`
-(one as JSON), `stream_attachment` (`$value`, chunked into a file), and `stream_message` (the
+(one as JSON), `stream_attachment` (`$value`, chunked into a file), `stream_message` (the
 mail's `$value`: the MIME exactly as delivered), with the store's size of the mail
 (PidTagMessageSize: body, headers and attachments as stored, not their MIME encoding) when the
-mailbox keeps originals, as the Graph adapter asks for it.
+mailbox keeps originals, as the Graph adapter asks for it, and `read_message_mime` (the mail's
+`$value` cut at a limit, as the adapter reads a delivery report).
 
 Records what was fetched (`calls`, `fetched`), so tests can prove a skipped attachment was never
 downloaded and small ones came in one call. Performs no I/O.
@@ -134,6 +135,12 @@ class MimeMailbox:
         att = self._att(mailbox, message_id, attachment_id)
         self.fetched.append(att["name"])
         return self._content(att)
+
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        self.calls["mime"] += 1
+        self._doc(mailbox, message_id)
+        raw = self.raw[(mailbox.id, message_id)]
+        return raw[:limit], len(raw) > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         self.calls["delete"] += 1

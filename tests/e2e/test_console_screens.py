@@ -132,7 +132,9 @@ def test_overview_shows_health_counts_and_warnings_with_what_to_do(world, page):
     assert page.inner_text("#card-retrying .value") == str(summary["retrying"])
     if waiting:
         assert "warn" in page.get_attribute("#card-retrying", "class").split()
-        assert page.inner_text("#card-retrying .small").startswith("waiting for a dependency; next try ")
+        next_try = page.locator("#card-retrying .small time")
+        assert page.inner_text("#card-retrying .small") == "waiting for a dependency; next try " + next_try.inner_text()
+        assert next_try.get_attribute("datetime") == summary["next_retry_at"]
     assert page.inner_text("#healthy") == "Needs attention" and page.inner_text("#health") == "Needs attention"
     warnings = texts(page, "#warnings li")
     assert any(w.startswith("Graph client demo: the client secret expires in 10 day(s)") for w in warnings), warnings
@@ -236,6 +238,10 @@ def test_recovery_from_the_mail_screen_then_the_step_view(world, page):
     assert sorted(r[3] for r in cells(page, "#mail-table tbody tr")) == ["Waiting 0", "Waiting 1", "Waiting 2"]
     [waiting] = [r for r in cells(page, "#mail-table tbody tr") if r[3] == "Waiting 0"]
     assert waiting[-1].startswith("retrying, next try ") and "Lime CRM answered 503" in waiting[-1], waiting
+    listed = api(world, "messages", status="unprocessed", mailbox=world.support["id"])["messages"]
+    [due] = [m["next_attempt_at"] for m in listed if m["message_id"] == world.retrying]
+    assert page.locator(f"#mail-table time[datetime='{due}']").count() == 1  # the next try, as a time
+    shot(page, "mail-retrying")
     yesterday = (datetime.now() - timedelta(days=1)).date().isoformat()
     page.select_option("#recover-mailbox", world.support["id"])
     page.select_option("#recover-status", "unprocessed")

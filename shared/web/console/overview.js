@@ -60,7 +60,7 @@
         card("Unprocessed", s.unprocessed, "#/mail?status=unprocessed", s.unprocessed > 0),
         // mail waiting for a dependency (Lime, TRAML, Graph, Storage): amber, not red; it is not Failed
         card("Retrying", s.retrying || 0, "#/mail?status=unprocessed", false,
-             s.retrying ? "waiting for a dependency; next try " + C.time(s.next_retry_at) : null, s.retrying > 0),
+             s.retrying ? ["waiting for a dependency; next try ", C.time(s.next_retry_at)] : null, s.retrying > 0),
         card("Expired", s.expired, "#/inboxes", s.expired > 0),
         card("Warnings", warnings.length, null, warnings.length > 0)),
       el("h3", {}, "Warnings"),

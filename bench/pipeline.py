@@ -136,6 +136,8 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
 
         mails = build_mails(args.mails, boxes, args.attachments, random.Random(args.seed))
         g0, l0, t0 = last_seq(stack.graph.requests), len(stack.lime.calls), len(stack.traml.sent)
+        tr0 = last_seq(stack.traml.requests)
+        ops0 = stack.storage_ops()
         throttled0 = stack.graph.throttled_count
         cpu0, bench_cpu0, azurite_cpu0 = stack.host_cpu(), cpu_seconds(), stack.azurite_cpu()
         deliverer = Deliverer(stack, mails, args.rate)
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
                 wait_for(lambda: len(stack.traml.sent) - t0 >= len(mails), 120, interval=0.5, what="autoreplies")
             except TimeoutError:
                 pass
+        ops = stack.storage_ops()
         cpu = stack.host_cpu() - cpu0
         bench_cpu = cpu_seconds() - bench_cpu0
         azurite_cpu = stack.azurite_cpu() - azurite_cpu0
@@ -185,6 +188,9 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
         graph_kinds = Counter(f"{e['method']} {_shape(e['path'])}" + (" 429" if e["status"] == 429 else "")
                               for e in graph_entries)
         lime_kinds = Counter(f"{c['method']} {_shape(c['path'].split('/api/v1/', 1)[-1])}" for c in lime_calls)
+        traml_kinds = Counter(f"{e['method']} {_shape(e['path'].split('/api/', 1)[-1])}"
+                              for e in stack.traml.requests.entries(since_seq=tr0))
+        storage = {k: v - ops0.get(k, 0) for k, v in ops.items() if v - ops0.get(k, 0)} if ops is not None else {}
 
         statuses: Counter[str] = Counter()
         latencies: list[float] = []
@@ -234,6 +240,9 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
             "mails_with_attachments": len(attached),
             "graph_429s": stack.graph.throttled_count - throttled0,
             "crm_calls_per_mail": len(lime_calls) / n,
+            "storage_ops_per_mail": sum(storage.values()) / n if ops is not None else None,
+            "storage_ops_per_mail_app": sum(v for k, v in storage.items() if not k.startswith("host ")) / n
+            if ops is not None else None,
             "lime_cloud_ceiling_mails_per_s": 3000 / 300 / (len(lime_calls) / n),
             "autoreplies_sent": len(stack.traml.sent) - t0,
             "host_cpu_ms_per_mail": cpu * 1000 / n,
@@ -248,6 +257,8 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
             "stage_ms_p50": {k: pct(v, 50) for k, v in stages.items()},
             "graph_requests_by_kind_per_mail": {k: v / n for k, v in graph_kinds.most_common()},
             "crm_requests_by_kind_per_mail": {k: v / n for k, v in lime_kinds.most_common()},
+            "traml_requests_by_kind_per_mail": {k: v / n for k, v in traml_kinds.most_common()},
+            "storage_ops_by_kind_per_mail": {k: v / n for k, v in sorted(storage.items(), key=lambda kv: -kv[1])},
         }
 
 

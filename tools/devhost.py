@@ -82,7 +82,7 @@ if __package__:
                                        load_settings_file)
     from .devhost_parts.functions import Context, FunctionSpec, Out, index_functions
     from .devhost_parts.httpserver import HttpServer, Request, Response
-    from .devhost_parts.queues import QueueListener, StorageClients, output_payloads
+    from .devhost_parts.queues import HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock, output_payloads
     from .devhost_parts.routing import split_path
     from .devhost_parts.timers import TimerRunner
 else:  # run as a script: python tools/devhost.py
@@ -91,7 +91,8 @@ else:  # run as a script: python tools/devhost.py
                                       load_settings_file)
     from devhost_parts.functions import Context, FunctionSpec, Out, index_functions  # type: ignore
     from devhost_parts.httpserver import HttpServer, Request, Response  # type: ignore
-    from devhost_parts.queues import QueueListener, StorageClients, output_payloads  # type: ignore
+    from devhost_parts.queues import (HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock,  # type: ignore
+                                      output_payloads)
     from devhost_parts.routing import split_path  # type: ignore
     from devhost_parts.timers import TimerRunner  # type: ignore
 
@@ -537,6 +538,13 @@ class DevHost:
         if lower == ["host", "status"] and req.method in ("GET", "HEAD"):
             return _json(200, {"id": "devhost", "state": "Running", "version": "devhost",
                                "processUptime": int((time.monotonic() - self._t0) * 1000)})
+        if lower == ["devhost", "storage-ops"] and req.method == "GET":
+            # Storage requests by kind: the host's queue traffic, and the app's when it counts its
+            # own (shared/adapters/storage_ops.py); bench/pipeline.py reads them before and after
+            with _ops_lock:
+                host = dict(HOST_QUEUE_OPS)
+            app = sys.modules.get("shared.adapters.storage_ops")
+            return _json(200, {"host": host, "app": app.COUNTS.snapshot() if app is not None else {}})
         if lower == ["functions"] and req.method == "GET":
             return _json(200, [self._describe(s) for s in self.functions.values()])
         if len(rest) == 2 and lower[0] == "functions":

@@ -245,7 +245,13 @@ def admit(sends: Iterable[Any], token: str, now: datetime, limit: int,
 
 
 class TableRateLimiter(TableStore):
+    """Counts are kept exact across workers by ETag-guarded writes; each worker remembers the row
+    it last wrote or read per recipient (its ETag and sends), so a count usually costs one request:
+    an If-Match update from what it remembers (a recipient it never saw: an insert), and only when
+    another worker wrote in between, a read and another try."""
+
     ATTEMPTS = 60
+    REMEMBERED = 10_000
 
     def __init__(self, account: StorageAccount, limit: int = 10, window_minutes: int = 180,
                  table: str = "ratelimits", partition: str = PARTITION) -> None:
@@ -254,39 +260,54 @@ class TableRateLimiter(TableStore):
         self.window = timedelta(minutes=window_minutes)
         self.table_name = table
         self._partition = partition
+        self._rows: dict[str, tuple[str, list[Any]]] = {}  # row key -> (etag, sends) as last seen
+
+    def _remember(self, rk: str, etag: str, sends: list[Any]) -> None:
+        if len(self._rows) >= self.REMEMBERED:
+            self._rows.clear()
+        self._rows[rk] = (etag, sends)
 
     async def acquire(self, recipient: str, token: str, now: datetime) -> bool:
         rk = key_hash(recipient)
+        known: tuple[str, list[Any]] | None = self._rows.pop(rk, None) or ("", [])  # unseen: try an insert
         for attempt in range(self.ATTEMPTS):
             try:
-                try:
-                    ent = await self._table.get_entity(self._partition, rk)
-                except ResourceNotFoundError:
-                    ent = None
-                sends = json.loads(ent.get("sends") or "[]") if ent is not None else []
+                if known is None:
+                    try:
+                        ent = await self._table.get_entity(self._partition, rk)
+                        known = (ent.metadata["etag"], json.loads(ent.get("sends") or "[]"))
+                    except ResourceNotFoundError:
+                        known = ("", [])
+                etag, sends = known
                 allowed, new = admit(sends, token, now, self.limit, self.window)
                 if new is None:
+                    if etag:
+                        self._remember(rk, etag, sends)
                     return allowed
                 entity = {"PartitionKey": self._partition, "RowKey": rk, "sends": json.dumps(new), "updated_at": now}
                 try:
-                    if ent is None:
-                        await self._table.create_entity(entity)
+                    if not etag:
+                        meta = await self._table.create_entity(entity)
                     else:
-                        await self._table.update_entity(entity, mode="replace", etag=ent.metadata["etag"],
-                                                        match_condition=MatchConditions.IfNotModified)
+                        meta = await self._table.update_entity(entity, mode="replace", etag=etag,
+                                                               match_condition=MatchConditions.IfNotModified)
+                    self._remember(rk, meta.get("etag", ""), new)
                     return True
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                    pass  # another worker counted first: read again
+                    known = None  # another worker counted first (or the row is not as remembered): read again
                 except HttpResponseError as exc:
                     if exc.status_code not in (409, 412):
                         raise
+                    known = None
             except HttpResponseError as exc:
                 raise_storage(exc, "rate limit")
-            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
         raise TransientError("the recipient's rate-limit row is contended; try again", retry_after=1)
 
     async def erase_address(self, address: str) -> int:
         """Forget one recipient's count (the privacy erase). The row key is a hash of the address."""
+        self._rows.pop(key_hash(address), None)
         try:
             await self._table.delete_entity(self._partition, key_hash(address))
             return 1

@@ -173,10 +173,11 @@ class Services:
             limit_description=f"{count} per {minutes} minutes"))
 
 
-def _build_crm(settings: Settings, account: StorageAccount) -> Any:
+def _build_crm(settings: Settings, account: StorageAccount, clock: Any) -> Any:
     if settings.crm_backend == "lime":
         from .adapters.crm_lime import LimeCrm
-        return LimeCrm.from_settings(settings, account=account)  # its create locks live in our storage
+        # its create records and ticket index live in our storage; their leases follow our clock
+        return LimeCrm.from_settings(settings, account=account, clock=clock.now)
     from .adapters.crm_table import TableCrm
     return TableCrm(account)
 
@@ -195,7 +196,7 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
     subscriptions = TableSubscriptionStore(account)
     graph = overrides.get("graph") or GraphAdapter(GraphClients(settings), settings.graph_mailbox_concurrency,
                                                    settings.custom_select)
-    crm = overrides.get("crm") or _build_crm(settings, account)
+    crm = overrides.get("crm") or _build_crm(settings, account, clock)
     services = Services(settings=settings, account=account, clock=clock, signer=signer, queue=queue, ledger=ledger,
                         registry=registry, subscriptions=subscriptions, graph=graph, crm=crm,
                         processor=None, mailboxes=None)  # type: ignore[arg-type]

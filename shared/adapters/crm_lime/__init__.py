@@ -47,7 +47,9 @@ from __future__ import annotations
 
 from .gateway import LimeCrm
 from .limiter import SlidingWindowLimiter
-from .locks import Held, KeyLock, LocalKeyLock, TableKeyLock
+from .creates import WriteScope
+from .lookups import LOOKUP_TTL, SenderLookups
+from .records import Claim, CreateRecords, MemoryRecordTable, RecordConflict, RecordTable, TableRecordTable
 from .schema import (
     DEFAULT_LENGTHS, KEYED, LIMETYPES, SCHEMA_TTL_BAD, SCHEMA_TTL_OK, STRING_TYPES, SchemaReport,
 )
@@ -58,8 +60,9 @@ from .values import (
 )
 
 __all__ = [
-    "API_PREFIX", "DEFAULT_LENGTHS", "KEYED", "KEY_VALUE_LENGTH", "LIMETYPES", "LIME_CONNECTIONS", "NO_TEXT",
-    "QUERY_URL_MAX", "SCHEMA_TTL_BAD", "SCHEMA_TTL_OK", "STRING_TYPES", "USER_AGENT", "AmbiguousWrite", "Held",
-    "KeyLock", "LimeCrm", "LimeNames", "LimeRejected", "LocalKeyLock", "SchemaReport", "SlidingWindowLimiter",
-    "TableKeyLock", "fit_message_ids", "parse_message_ids", "ticket_id_of", "truncate_note",
+    "API_PREFIX", "DEFAULT_LENGTHS", "KEYED", "KEY_VALUE_LENGTH", "LIMETYPES", "LIME_CONNECTIONS", "LOOKUP_TTL",
+    "NO_TEXT", "QUERY_URL_MAX", "SCHEMA_TTL_BAD", "SCHEMA_TTL_OK", "STRING_TYPES", "USER_AGENT", "AmbiguousWrite",
+    "Claim", "CreateRecords", "LimeCrm", "LimeNames", "LimeRejected", "MemoryRecordTable", "RecordConflict",
+    "RecordTable", "SchemaReport", "SenderLookups", "SlidingWindowLimiter", "TableRecordTable", "WriteScope",
+    "fit_message_ids", "parse_message_ids", "ticket_id_of", "truncate_note",
 ]

@@ -55,24 +55,21 @@ class _Documents:
         if keyed:
             body[self.names.key_property] = kv
 
-        async def upload_and_find() -> dict[str, Any] | None:
-            found = await self._find_key("document", kv, ("document",)) if keyed else None
-            if found is None and "document" not in body:
-                meta = await self._json("POST", "file/", content=data, timeout=self._upload_timeout, headers={
-                    "Content-Type": content_type, "Content-Length": str(len(data)),
-                    "Content-Disposition": f";filename*=\"UTF-8''{quote(name, safe='')}\""})
-                file_id = (meta or {}).get("id") if isinstance(meta, dict) else None
-                if file_id is None:
-                    raise TransientError("Lime CRM POST file/: the answer has no file id")
-                body["document"] = int(file_id)
-            return found
+        async def upload() -> None:  # only when the document is really to be created
+            if isinstance(data, _FileBody):
+                await self.flush_writes()  # a long upload: do not keep other mails waiting for our records
+            meta = await self._json("POST", "file/", content=data, timeout=self._upload_timeout, headers={
+                "Content-Type": content_type, "Content-Length": str(len(data)),
+                "Content-Disposition": f";filename*=\"UTF-8''{quote(name, safe='')}\""})
+            file_id = (meta or {}).get("id") if isinstance(meta, dict) else None
+            if file_id is None:
+                raise TransientError("Lime CRM POST file/: the answer has no file id")
+            body["document"] = int(file_id)
 
         try:
-            if keyed:
-                obj, _ = await self._create_once("document", body, f"document|{kv}", upload_and_find)
-            else:
-                await upload_and_find()
-                obj, _ = await self._create_once("document", body, None, None)
+            obj, _ = await self._create_once("document", body, key,
+                                             (lambda: self._find_key("document", kv, ("document",))) if keyed else None,
+                                             prepare=upload)
         except LimeRejected as exc:
             await self._require_ticket_on_reject(exc, ticket_id)
             raise

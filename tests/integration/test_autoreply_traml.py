@@ -342,6 +342,7 @@ async def test_a_template_is_found_by_its_name_and_cached(traml_sim):
         assert await client.template_id(TEMPLATE) == wanted  # cached
         assert await paths(1) == ["mailtemplate/name/Helpdesk autoreply"]
         assert await client.template_id("Support/EN: svar") == other  # a name with a slash
+        assert (await paths(2))[-1] == "mailtemplate/name/Support/EN: svar"
         traml_sim.requests.clear()
         assert await client.template_id("helpdesk AUTOREPLY") == wanted
         assert await paths(2) == ["mailtemplate/name/helpdesk AUTOREPLY", "mailtemplate"]

@@ -3,18 +3,18 @@ own creates, so that a sender who writes again soon costs no Lime request to ide
 
 What is cached, and why it is safe:
 * a person found for an address (or created by us): its id and company. A person whose address or
-  company changes in Lime is seen as it was for at most LOOKUP_TTL seconds: the mail is filed as
-  it would have been had it arrived that much earlier.
+  company changes in Lime is seen as it was for at most LOOKUP_TTL seconds (two minutes): the mail
+  is filed as it would have been had it arrived that much earlier.
 * that an address had no person, only for ABSENT_TTL seconds and only for `find_or_create_person`
   right after the lookup (so it need not ask Lime again before creating: the same knowledge as the
   lookup a moment earlier, which is what the old lock-and-query gave). A concurrent create by
   another worker is seen in our create records, not here.
 * per domain, the companies of its persons (level e) and per address and domain the companies that
   match by e-mail or website (levels b-d), negative answers included. A company added or changed
-  in Lime is matched within LOOKUP_TTL seconds: a new sender's person created in that minute gets
-  the company it would have got a minute earlier (none), exactly as if the mail had come then;
-  persons are never changed afterwards, so nothing is undone. Our own company creates drop the
-  company answers at once, our person creates the domain's.
+  in Lime is matched within LOOKUP_TTL seconds: a new sender's person created in those two minutes
+  gets the company it would have got two minutes earlier (none), exactly as if the mail had come
+  then; persons are never changed afterwards, so nothing is undone. Our own company creates drop
+  the company answers at once; our person creates add the person's company to its domain's.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable
 
 from ...domain.model import PersonRef
 
-LOOKUP_TTL = 60.0
+LOOKUP_TTL = 120.0
 ABSENT_TTL = 30.0
 MAX_ENTRIES = 20_000
 
@@ -77,8 +77,12 @@ class SenderLookups:
             self.absent.drop(address)
 
     def created_person(self, address: str, person: PersonRef) -> None:
+        """Our own create: the person is known, and its domain's companies gain its company."""
         self.found_person(address, person)
-        self.domains.drop(address.rpartition("@")[2])
+        domain = address.rpartition("@")[2]
+        companies = self.domains.get(domain)
+        if companies is not None and person.company_id not in companies and len(companies) < 2:
+            self.domains.put(domain, (*companies, person.company_id))
 
     def created_company(self) -> None:
         self.companies.clear()

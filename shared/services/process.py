@@ -1,12 +1,22 @@
 """process_message: one mail of one mailbox becomes CRM objects, in resumable steps.
 
-claim (lease) -> GET mail -> in the subscribed Inbox? -> classify -> CRM writes (idempotent by a key
-derived from the mail) -> queue the autoreply job -> mailbox action -> Processed.
+claim (lease) -> GET mail -> in the subscribed Inbox? -> classify -> decision -> CRM writes
+(idempotent by a key derived from the mail) -> queue the autoreply job -> mailbox action -> Processed.
 
-Each finished step is recorded on the ledger row; a redelivery resumes after the last one.  A worker
-may die between any two steps: every CRM write is idempotent, the ticket number is reserved and
-recorded before the ticket is created, the autoreply is deduplicated per ticket by its sender, and
-a 404 on the mailbox action means someone (us, before dying) already did it.
+Ledger writes, four for a plain mail, each one a crash point that a redelivery resumes from:
+  1. the claim (an insert: the lease);
+  2. the decision (the plan), before any CRM write: a redelivery carries out the same plan, and the
+     processing extension is never asked twice;
+  3. the CRM step together with the autoreply job: the job is queued first, then both are recorded.
+     A crash in between repeats the CRM step, which writes nothing twice (every create is idempotent
+     by its key, and the CRM's own records answer without asking it again: crm_lime/creates.py),
+     and queues the job again, which the autoreply's claim per ticket makes harmless;
+  4. the mailbox action with the final status: a 404 on it means someone (us, before dying) already
+     did it, and a 404 on the GET after step 3 is a finished mailbox action, not a lost mail.
+The placement (which ticket, created or found) is not written on its own: a retry of the same plan
+lands on the same ticket through the same keys. The embedded CRM's reserved ticket number is the
+one write between 2 and 3 (recorded before the ticket is created, so a retry reuses it); Lime
+numbers its tickets itself and needs none.
 """
 from __future__ import annotations
 

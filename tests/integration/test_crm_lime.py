@@ -437,6 +437,23 @@ async def test_create_records_exclude_other_workers_and_are_taken_over_when_thei
     assert fresh.outcome == "new"
 
 
+async def test_a_person_whose_create_was_interrupted_is_asked_for_even_right_after_a_lookup(lime_sim, lime_account,
+                                                                                           unique):
+    """A worker looked the sender up (no person), created it, and died before recording it. Its
+    retry must not trust the lookup it made before: the record's outcome is unknown, so Lime is
+    asked, and the person is not created twice."""
+    clock = [datetime.now(timezone.utc)]
+    crm = make_lime(lime_sim, lime_account, unique, clock=lambda: clock[0])
+    await crm.ensure()
+    assert (await crm.lookup_sender("late@example.com", True))[0] is None  # "absent", a moment ago
+    (dying,) = await crm._records.claim(["person|late@example.com"], "copy-a")
+    made = lime_sim.create("person", {"firstname": "Late", "email": "late@example.com"})  # its POST, unrecorded
+    clock[0] += timedelta(seconds=61)  # its lease runs out
+    assert await crm.find_or_create_person("late@example.com", "Late") == str(made["_id"])
+    assert len(lime_sim.objects("person")) == 1 and dying.outcome == "new"
+    await crm.close()
+
+
 async def test_an_upgrade_asks_lime_before_creates_for_a_day(lime_sim, lime_account, unique):
     """Objects created before the records existed have none: for a day after an upgrade (the app had
     processed mail before), a claim that finds no record asks Lime first."""

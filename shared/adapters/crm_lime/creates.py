@@ -190,7 +190,7 @@ class _KeyedCreates:
                 return {"_id": int(claim.oid) if claim.oid.isdigit() else claim.oid, "_record": True,
                         **claim.extra}, False
             claim = await self._reopen(claim)
-        ask = (claim.outcome == UNKNOWN or external) and not absent
+        ask = claim.outcome == UNKNOWN or (external and not absent)  # an unknown outcome is always asked
         held = scope if scope is not None else WriteScope(key="", owner=claim.owner)
         held.held[record] = claim
         try:

@@ -53,7 +53,7 @@ class _PersonsCompanies:
             body["company"] = company
         now = self._now()
         obj, created = await self._create_once(
-            "person", body, f"person|{email}", lambda: self._find_person_row(email),
+            "person", body, email, lambda: self._find_person_row(email),
             fresh=lambda c: c.created_at is not None and now - c.created_at < PERSON_RECORD_TRUSTED,
             extra=lambda o: {"company": _rel_id(o.get("company"))},
             external=True, absent=bool(self.lookups.absent.get(email)))
@@ -295,8 +295,7 @@ class _PersonsCompanies:
                 body[n.company_email] = mail
         if keyed:
             body[n.key_property] = kv
-        obj, created = await self._create_once("company", body, f"company|{dom or kv or clean.casefold()}", find,
-                                               external=True)
+        obj, created = await self._create_once("company", body, dom or kv or clean.casefold(), find, external=True)
         if created:
             self.lookups.created_company()
         return str(obj["_id"])

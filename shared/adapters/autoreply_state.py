@@ -31,6 +31,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from ..domain.errors import TransientError
 from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
+from . import table_batch
 from .errors import raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount, TableStore
@@ -134,7 +135,7 @@ class TableAutoreplyStore(TableStore):
                                                         match_condition=MatchConditions.IfNotModified)
                               if record.etag else self._table.create_entity(entity))
             else:
-                meta = (await self._table.submit_transaction(ops))[0]
+                meta = (await table_batch.submit(self._table, ops))[0]
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise ClaimConflict("autoreply row changed by another worker") from None
         except HttpResponseError as exc:

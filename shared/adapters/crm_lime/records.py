@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from .. import table_batch
 from ..keys import exact_hash, table_time
 from ...domain.errors import TransientError
 
@@ -225,7 +226,7 @@ class TableRecordTable:
                 else:
                     batch.append(("delete", {"PartitionKey": self.partition, "RowKey": op[1]},
                                   {"etag": op[2], "match_condition": MatchConditions.IfNotModified}))
-            metas = await table.submit_transaction(batch)
+            metas = await table_batch.submit(table, batch)
             return {op[1]["RowKey"]: (m or {}).get("etag", "") for op, m in zip(ops, metas) if op[0] != "delete"}
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise RecordConflict(str(exc)[:200]) from None

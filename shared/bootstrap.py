@@ -119,13 +119,17 @@ class Services:
         autoreplies = getattr(self.autoreplies, "d", None)
         erasers = [(name, getattr(autoreplies, attr, None)) for name, attr in
                    (("autoreply_claims", "store"), ("autoreply_rate_limits", "limiter"))]
+        purgers = [("autoreply_claims", lambda now, cutoff: autoreplies.store.purge(cutoff)),
+                   ("autoreply_rate_limits", lambda now, cutoff: autoreplies.limiter.purge(now))] \
+            if autoreplies is not None else []
+        if hasattr(self.crm, "erase_address") and hasattr(self.crm, "purge"):
+            # the Lime adapter's own records and ticket index (parties' addresses) in our storage
+            erasers.append(("lime_ticket_index", self.crm))
+            purgers.append(("lime_records", lambda now, cutoff: self.crm.purge(cutoff)))
         return PrivacyService(PrivacyDeps(
             clock=self.clock, retention_days=self.settings.ledger_retention_days, ledger=self.ledger,
             recovery=self.recovery_store, synclog=TimestampPurger(self.account, "synclog"),
-            erasers=[(n, h) for n, h in erasers if h is not None],
-            purgers=[("autoreply_claims", lambda now, cutoff: autoreplies.store.purge(cutoff)),
-                     ("autoreply_rate_limits", lambda now, cutoff: autoreplies.limiter.purge(now))]
-            if autoreplies is not None else []))
+            erasers=[(n, h) for n, h in erasers if h is not None], purgers=purgers))
 
     @cached_property
     def synclog(self) -> Any:

@@ -454,6 +454,27 @@ async def test_a_person_whose_create_was_interrupted_is_asked_for_even_right_aft
     await crm.close()
 
 
+async def test_records_and_the_index_expire_and_an_address_is_erased_from_the_index(lime_sim, lime_account, unique):
+    clock = [datetime.now(timezone.utc)]
+    crm = make_lime(lime_sim, lime_account, unique, clock=lambda: clock[0])
+    await crm.ensure()
+    person = await crm.find_or_create_person("jane@example.com", "Jane")
+    ticket = await crm.create_ticket(TicketDraft(title="t", person_id=person, email="jane@example.com",
+                                                 parties=("colleague@example.com",), message_ids=("<m1@x>",)), "k")
+    assert set(ticket.parties) == {"jane@example.com", "colleague@example.com"}
+    assert await crm.erase_address("Colleague@Example.com") == 1
+    assert (await crm.find_ticket_by_message_ids(["<m1@x>"])).parties == ("jane@example.com",)
+    assert await crm.erase_address("jane@example.com") == 1
+    erased = await crm.find_ticket_by_message_ids(["<m1@x>"])
+    assert erased.parties == () and erased.person_address == ""
+    assert await crm.purge(clock[0] - timedelta(days=1)) == 0  # nothing that old
+    clock[0] += timedelta(days=91)
+    assert await crm.purge(clock[0] - timedelta(days=90)) == 4  # person, ticket, its index row and pointer
+    legacy = await crm.find_ticket_by_message_ids(["<m1@x>"])  # Lime's property still threads it
+    assert legacy.id == ticket.id and legacy.parties is None
+    await crm.close()
+
+
 async def test_an_upgrade_asks_lime_before_creates_for_a_day(lime_sim, lime_account, unique):
     """Objects created before the records existed have none: for a day after an upgrade (the app had
     processed mail before), a claim that finds no record asks Lime first."""

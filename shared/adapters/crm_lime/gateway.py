@@ -17,6 +17,7 @@ from .history import _History
 from .limiter import SlidingWindowLimiter
 from .creates import WriteScope, _KeyedCreates
 from .lookups import SenderLookups
+from .maintenance import _Maintenance
 from .persons import _PersonsCompanies
 from .records import CreateRecords, MemoryRecordTable, RecordTable, TableRecordTable
 from .schema import SchemaReport, _SchemaChecks
@@ -31,7 +32,7 @@ from ...domain.errors import PermanentError
 
 # The adapter ------------------------------------------------------------------------------------
 class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _SchemaChecks, _KeyedCreates,
-              _Transport):
+              _Maintenance, _Transport):
     """CrmGateway on Lime CRM's REST API, plus TableCrm's browsing and company helpers."""
 
     TICKET_FIELDS = ("title", "person", "company")

@@ -82,7 +82,8 @@ class RecordTable(Protocol):
     async def get(self, rk: str) -> dict[str, Any] | None: ...
     async def get_many(self, rks: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     async def submit(self, ops: Sequence[tuple[Any, ...]]) -> dict[str, str]: ...
-    async def scan(self, select: Sequence[str] | None = None) -> list[dict[str, Any]]: ...
+    async def scan(self, select: Sequence[str] | None = None,
+                   older_than: datetime | None = None) -> list[dict[str, Any]]: ...
 
 
 class MemoryRecordTable:
@@ -125,8 +126,10 @@ class MemoryRecordTable:
                 out[row["RowKey"]] = etag
             return out
 
-    async def scan(self, select: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        return [{**row, "etag": etag} for row, etag in self._rows.values()]
+    async def scan(self, select: Sequence[str] | None = None,
+                   older_than: datetime | None = None) -> list[dict[str, Any]]:
+        return [{**row, "etag": etag} for row, etag in list(self._rows.values())
+                if older_than is None or (isinstance(row.get("updated"), datetime) and row["updated"] < older_than)]
 
 
 class TableRecordTable:
@@ -239,13 +242,19 @@ class TableRecordTable:
                 raise RecordConflict(str(exc)[:200]) from None
             raise_storage(exc, "Lime create record write")
 
-    async def scan(self, select: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    async def scan(self, select: Sequence[str] | None = None,
+                   older_than: datetime | None = None) -> list[dict[str, Any]]:
+        """Rows of the partition (`older_than`: last changed before it): maintenance only."""
         from azure.core.exceptions import HttpResponseError
 
         from ..errors import raise_storage
+        flt, params = "PartitionKey eq @pk", {"pk": self.partition}
+        if older_than is not None:
+            flt += " and updated lt @cutoff"
+            params["cutoff"] = older_than
         try:
             return [self._row(e) async for e in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": self.partition}, select=list(select) if select else None)]
+                flt, parameters=params, select=list(select) if select else None)]
         except HttpResponseError as exc:
             raise_storage(exc, "Lime record scan")
 

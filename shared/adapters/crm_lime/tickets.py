@@ -213,8 +213,8 @@ class _Tickets:
         new_parties = [p for p in add if p not in old_parties]
         if row is not None and not new_mids and not new_parties:
             return
-        ops: list[tuple[Any, ...]] = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": str(oid)})
-                                      for m in new_mids]
+        ops: list[tuple[Any, ...]] = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": str(oid),
+                                                  "updated": self._now()}) for m in new_mids]
         merged = {"RowKey": ticket_row_key(oid), "kind": "ticket", "mids": json.dumps((old_mids + new_mids)[-200:]),
                   "parties": json.dumps((old_parties + new_parties)[-MAX_PARTIES:]), "updated": self._now()}
         if row is None:
@@ -249,7 +249,8 @@ class _Tickets:
         row = {"RowKey": ticket_row_key(oid), "kind": "ticket", "number": ticket.number, "person": ticket.person_id,
                "company": ticket.company_id, "person_address": email, "parties": json.dumps(parties),
                "mids": json.dumps(mids), "legacy": False, "updated": self._now()}
-        ops = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": oid}) for m in mids]
+        ops = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": oid, "updated": self._now()})
+               for m in mids]
         ops.append(("upsert", row))
         await self._index_write(ticket.id, row, ops)
         return row

@@ -3,10 +3,13 @@
 claim (lease) -> GET mail -> in the subscribed Inbox? -> classify -> decision -> CRM writes
 (idempotent by a key derived from the mail) -> queue the autoreply job -> mailbox action -> Processed.
 
-Ledger writes, four for a plain mail, each one a crash point that a redelivery resumes from:
+Ledger writes, three or four for a plain mail, each one a crash point that a redelivery resumes from:
   1. the claim (an insert: the lease);
   2. the decision (the plan), before any CRM write: a redelivery carries out the same plan, and the
-     processing extension is never asked twice;
+     processing extension is never asked twice. Written only where a retry could decide otherwise
+     (an extension, or a mail whose headers or subject tag name a ticket: one this attempt created
+     could answer them); a new mail that names none decides the same again, and its plan is
+     recorded with step 3;
   3. the CRM step together with the autoreply job: the job is queued first, then both are recorded.
      A crash in between repeats the CRM step, which writes nothing twice (every create is idempotent
      by its key, and the CRM's own records answer without asking it again: crm_lime/creates.py),
@@ -360,7 +363,11 @@ class MessageProcessor:
         _trace(entry, d.clock, "decided", action=outcome.action, ticket=plan["ticket"], by=plan["decided_by"],
                **({"default": decision.action} if outcome.action != decision.action else {}),
                **({"reason": outcome.skip_reason} if outcome.skip_reason else {}))
-        await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
+        if d.extension is not None or mail.thread_refs or policy.ticket_tags(mail.subject):
+            await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
+        # else a retry decides the same again: no extension to ask twice, and nothing in the mail
+        # names a ticket (a ticket this attempt created could not change the answer); the plan is
+        # recorded with the CRM step
         log.info("process.decided correlation=%s message=%s action=%s default=%s by=%s", job.correlation_id,
                  job.message_id, outcome.action, decision.action, plan["decided_by"])
         return plan, match.ticket

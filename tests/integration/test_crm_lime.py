@@ -348,11 +348,10 @@ async def test_the_schema_check_reports_what_is_missing(lime_sim, lime_account, 
         "customervisit, noanswer, receivedemail, salescall, sentemail, talkedto",
     ]
     assert report.warnings == [
-        "helpdesk.inboxkey (LIME_KEY_PROPERTY) does not exist: creating a helpdesk is not idempotent: a crash or "
-        "timeout between Lime's create and the ledger record, or the same mail arriving in two monitored mailboxes "
-        "at once, can make a duplicate ticket",
-        "helpdesk.inboxmessageids (LIME_PROP_MESSAGE_IDS) does not exist: replies thread by the subject tag only, "
-        "not by In-Reply-To/References",
+        "helpdesk.inboxkey (LIME_KEY_PROPERTY) does not exist: an interrupted create of a helpdesk cannot be "
+        "resolved: a crash or timeout between Lime's create and our record of it makes a duplicate ticket on the retry",
+        "helpdesk.inboxmessageids (LIME_PROP_MESSAGE_IDS) does not exist: replies to tickets from before the inbox "
+        "indexed them thread by the subject tag only, not by In-Reply-To/References",
         "helpdesk.region is required and the inbox does not set it: creates fail unless the mailbox's routing "
         "values set it",
     ]

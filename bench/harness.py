@@ -167,11 +167,13 @@ class BenchStack:
             self.graph.throttle(**self.throttle)
         return self
 
-    def add_mailbox(self, address: str) -> str:
+    def add_mailbox(self, address: str, **settings: Any) -> str:
+        """Register the mailbox through the manage API; `settings`: more of its fields (store_original...)."""
         self.graph.add_mailbox(address, tenant_id=TENANT)
         body: dict[str, Any] = {"address": address, "client": "demo"}
         if self.autoreply:
             body["autoreply"] = {"enabled": True, "template": TEMPLATE, "from_name": "Support"}
+        body.update(settings)
         resp = self.http.post("/api/manage/mailboxes", json=body)
         if resp.status_code != 201:
             raise SystemExit(f"registering {address} failed: {resp.status_code} {resp.text}")

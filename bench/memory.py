@@ -1,6 +1,6 @@
 """Benchmark: memory of the function app while it stores large attachments, and one it must skip.
 
-    .venv/bin/python bench/memory.py [--sizes 25,45] [--skip-size 100]
+    .venv/bin/python bench/memory.py [--sizes 25,45] [--skip-size 100] [--eml-size 45]
 
 Azurite, the Graph simulator, the Lime CRM simulator (CRM_BACKEND=lime) and the function app in a
 dev host process (tools/devhost.py). After a warm-up mail (imports, clients, Lime's schema check)
@@ -11,7 +11,13 @@ spooled temporary file instead of holding them, let alone base64 copies of them)
 
 Then a mail with a --skip-size MB attachment, over ATTACHMENT_MAX_BYTES (50 MB by default): it must
 be skipped by its metadata, which the simulator's request log shows (no request for the
-attachment's content), and the ticket says why. Prints JSON; asserts nothing.
+attachment's content), and the ticket says why.
+
+Then, in the same run, a mailbox with `store_original: eml` receives a mail of --eml-size MB of MIME
+in all (one PDF, base64 as mail clients send it, delivered to the simulator as MIME): the app
+streams the PDF and then the whole mail (`$value`) into two documents; its peak above idle is
+reported beside the attachments', against the same target (2.5 x the largest size). Prints JSON;
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from tests.support.stack import make_mime
 
 MB = 1024 * 1024
 MAILBOX = "support@contoso.example"
+ORIGINALS = "originals@contoso.example"  # store_original: eml
 
 
 def attachment_mail(size_mb: float, seed: int) -> dict:
@@ -39,12 +46,31 @@ def attachment_mail(size_mb: float, seed: int) -> dict:
     return doc
 
 
-def process(stack: BenchStack, doc: dict, timeout: float = 300) -> tuple[str, float]:
-    mid = stack.graph.deliver(MAILBOX, doc)
+def eml_mail(size_mb: float, seed: int) -> bytes:
+    """Real MIME of about size_mb MB in all: one PDF of random bytes in base64 (76-character lines
+    and a line break: 4/3 x 77/76 of the file), as a mail client sends it."""
+    payload = os.urandom(int(size_mb * MB * 76 / 77 * 3 / 4))
+    return make_mime(sender=f"sender{seed}@customer.example", to=ORIGINALS, subject=f"{size_mb:g} MB mail kept as .eml",
+                     body="The scan is attached.", attachments=[("scan.pdf", "application/pdf", payload)])
+
+
+def process(stack: BenchStack, doc: dict | bytes, timeout: float = 300, mailbox: str = MAILBOX) -> tuple[str, float]:
+    mid = stack.graph.deliver(mailbox, doc)
     start = time.monotonic()
-    wait_for(lambda: not any(m["id"] == mid for m in stack.graph.messages(MAILBOX)), timeout, interval=0.2,
+    wait_for(lambda: not any(m["id"] == mid for m in stack.graph.messages(mailbox)), timeout, interval=0.2,
              what="the mail processed")
     return mid, time.monotonic() - start
+
+
+def stored_emls(stack: BenchStack, crm: str) -> list[bytes]:
+    """The .eml documents the CRM holds (message/rfc822), as stored."""
+    if crm == "lime":
+        return [stack.lime.file_bytes(d["document"]) for d in stack.lime.objects("document")
+                if d.get("document") and stack.lime.files[int(d["document"])]["content_type"] == "message/rfc822"]
+    tickets = stack.http.get("/api/manage/tickets", params={"limit": 100}).json()["tickets"]
+    return [stack.http.get(d["url"]).content for t in tickets
+            for d in stack.http.get(f"/api/manage/tickets/{t['number']}").json().get("documents", [])
+            if d.get("content_type") == "message/rfc822"]
 
 
 def stored_size(stack: BenchStack, crm: str) -> int:
@@ -75,12 +101,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="25,45", help="attachment sizes in MB, one mail each")
     ap.add_argument("--skip-size", type=float, default=100, help="MB of the attachment that must be skipped")
+    ap.add_argument("--eml-size", type=float, default=45, help="MB of MIME of the mail kept as .eml (0: none)")
     ap.add_argument("--crm", choices=("lime", "table"), default="lime", help="CRM_BACKEND")
     args = ap.parse_args()
     results: dict = {"crm": args.crm, "attachments": []}
     with BenchStack(graph_latency_ms=0, crm_latency_ms=0, traml_latency_ms=0, autoreply=False, crm=args.crm,
                     extra_settings={"LIME_RATE_LIMIT_REQUESTS": "0"}) as stack:
         stack.add_mailbox(MAILBOX)
+        stack.add_mailbox(ORIGINALS, store_original="eml")
         pid = stack.processes[0].pid
         process(stack, attachment_mail(0.1, 0))  # warm-up: imports, tokens, clients, the streaming path
         time.sleep(1.0)
@@ -117,6 +145,29 @@ def main() -> None:
             "requests_for_its_content": len(content_requests),
             "note_says_why": any("not downloaded" in n for n in notes),
         }
+
+        if args.eml_size:
+            process(stack, make_mime(sender="warm@customer.example", to=ORIGINALS, subject="warm-up"),
+                    mailbox=ORIGINALS)  # the MIME streaming path warm, as the attachments' was
+            time.sleep(1.0)
+            raw = eml_mail(args.eml_size, 100)
+            if not reset_peak(pid):
+                raise SystemExit("cannot reset the peak RSS of the dev host (/proc/<pid>/clear_refs)")
+            before = memory_kb(pid)["VmRSS"]
+            seq = last_seq(stack)
+            mid, seconds = process(stack, raw, mailbox=ORIGINALS)
+            peak = memory_kb(pid)["VmHWM"]
+            requests = [f"{e['method']} {e['path'].split(mid, 1)[-1] or '/'}"
+                        for e in stack.graph.requests.entries(since_seq=seq) if mid in e["path"]]
+            stored = [e for e in stored_emls(stack, args.crm) if len(e) == len(raw)]
+            size_mb = len(raw) / MB
+            results["eml"] = {
+                "mime_mb": size_mb, "seconds": seconds, "rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024,
+                "peak_above_idle_mb": (peak - idle) / 1024,
+                "attachment_case_peak_above_idle_mb": results["attachments"][-1]["peak_above_idle_mb"],
+                "target_mb": 2.5 * size_mb, "within_target": (peak - idle) / 1024 < 2.5 * size_mb,
+                "graph_requests": requests, "stored_byte_for_byte": bool(stored) and stored[0] == raw}
+            del raw, stored
     print(json.dumps(rounded(results), indent=2))
 
 

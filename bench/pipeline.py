@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pipeline.py [--mails 2000] [--mailboxes 3] [--hosts 1,2] [--attachments 0.2]
                                        [--rate 0] [--burst 17] [--no-autoreply] [--seed 8]
+                                       [--store-original]
 
 Each run builds a fresh stack (bench/harness.py): Azurite, the Graph simulator (50 ms latency,
 Outlook throttling per app and mailbox: 4 concurrent requests and a token bucket refilled at
@@ -25,6 +26,11 @@ throttle ceiling (16.7 requests/s / Graph requests per mail x mailboxes), Graph 
 ms per mail of the dev host processes (from /proc), of this process (the simulators) and of Azurite,
 429s, p50/p99 from delivery to ticket (the ledger's CRM step), where a mail's time goes, and the
 latency the simulators served. Prints JSON; asserts nothing.
+
+`--store-original`: the mailboxes keep each mail's original (`store_original: eml`), and the mails
+are delivered as MIME, so that Graph's `$value` serves them as sent: its cost shows as one more Graph
+request per mail (`GET .../messages/{id}/$value`) and one more Lime upload and document (plus the
+document's key query) in the requests by kind.
 """
 from __future__ import annotations
 
@@ -55,8 +61,9 @@ WORDS = ("the printer on floor two prints blank pages since the update yesterday
          "errors please help us we have a deadline on friday thanks in advance regards").split()
 
 
-def build_mails(n: int, boxes: list[str], share_attached: float, rng: random.Random) -> list[tuple[str, dict, bool]]:
-    """(mailbox address, Graph message JSON, has attachments) for n mails, deterministic per seed."""
+def build_mails(n: int, boxes: list[str], share_attached: float, rng: random.Random,
+                as_mime: bool = False) -> list[tuple[str, dict | bytes, bool]]:
+    """(mailbox address, Graph message JSON or its MIME, has attachments) for n mails, deterministic per seed."""
     senders = [f"Customer {i} <customer{i}@firm{i % 97}.example>" for i in range(max(1, n // 3))]
     out = []
     for i in range(n):
@@ -69,7 +76,7 @@ def build_mails(n: int, boxes: list[str], share_attached: float, rng: random.Ran
         body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120)))
         raw = make_mime(sender=rng.choice(senders), to=box, subject=f"{rng.choice(SUBJECTS)} #{i}", body=body,
                         html=f"<p>{body}</p>" if rng.random() < 0.5 else None, attachments=attachments)
-        out.append((box, mime_to_graph_message(raw), bool(attachments)))
+        out.append((box, raw if as_mime else mime_to_graph_message(raw), bool(attachments)))
     return out
 
 
@@ -95,7 +102,8 @@ class Deliverer(threading.Thread):
             for box, doc, attached in chunk:
                 by_box.setdefault(box, []).append((doc, attached))
             for box, items in by_box.items():
-                ids = self.stack.graph.deliver_many(box, [dict(doc) for doc, _ in items])
+                ids = self.stack.graph.deliver_many(box, [doc if isinstance(doc, bytes) else dict(doc)
+                                                          for doc, _ in items])
                 now = time.time()
                 for mid, (_, attached) in zip(ids, items):
                     self.delivered[mid] = (now, box, attached)
@@ -124,7 +132,8 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
     with BenchStack(hosts=hosts, throttle=throttle, autoreply=not args.no_autoreply, seed=args.seed,
                     extra_settings=extra) as stack:
         boxes = [f"support{i}@contoso.example" for i in range(args.mailboxes)]
-        box_ids = {b: stack.add_mailbox(b) for b in boxes}
+        keep = {"store_original": "eml"} if args.store_original else {}
+        box_ids = {b: stack.add_mailbox(b, **keep) for b in boxes}
         # warm-up: imports, tokens, Lime's schema check, clients, in every host process
         for b in boxes:
             for k in range(hosts * 2):
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
             wait_for(lambda: len(stack.traml.sent) >= len(boxes) * hosts * 2, 60, what="warm-up autoreplies")
         time.sleep(1.0)
 
-        mails = build_mails(args.mails, boxes, args.attachments, random.Random(args.seed))
+        mails = build_mails(args.mails, boxes, args.attachments, random.Random(args.seed), args.store_original)
         g0, l0, t0 = last_seq(stack.graph.requests), len(stack.lime.calls), len(stack.traml.sent)
         tr0 = last_seq(stack.traml.requests)
         ops0 = stack.storage_ops()
@@ -227,6 +236,7 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
         ceiling = RATE / graph_per_mail * args.mailboxes
         return {
             "hosts": hosts,
+            "store_original": args.store_original,
             "mails": n,
             "finished": len(ids & set(deleted)),
             "ledger_status": dict(statuses),
@@ -273,6 +283,7 @@ def main() -> None:
     ap.add_argument("--no-autoreply", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--store-original", action="store_true", help="mailboxes keep each mail's .eml")
     args = ap.parse_args()
     results = []
     for hosts in (int(h) for h in args.hosts.split(",")):

@@ -8,14 +8,13 @@ import logging
 
 import azure.functions as func
 
-from functions.http_util import error, json_response
+from functions.http_util import int_param, json_response, manage
 from shared import telemetry
 from shared.bootstrap import services
 from shared.config import QUEUE_AUTOREPLIES
 from shared.domain import envelope
 from shared.domain.envelope import AutoreplyJob
-from shared.domain.errors import MalformedEnvelope, TransientError
-from shared.services.autoreply import AutoreplyNotFound, ResendRefused
+from shared.domain.errors import MalformedEnvelope
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.autoreply")
@@ -47,26 +46,15 @@ async def autoreply_failed(msg: func.QueueMessage) -> None:
         await svc.autoreplies.record_poisoned(job, getattr(msg, "dequeue_count", 0) or 0)
 
 
-@bp.route(route="manage/autoreplies", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/autoreplies", ["GET"])
 async def manage_autoreplies(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        limit = int(req.params.get("limit", "100"))
-        items = await svc.autoreplies.list_autoreplies(req.params.get("status", "failed"), limit)
-    except ValueError as exc:
-        return error(400, str(exc) if "status" in str(exc) else "limit must be an integer")
+    items = await svc.autoreplies.list_autoreplies(req.params.get("status", "failed"),
+                                                   int_param(req, "limit", 100, 1, 500))
     return json_response({"autoreplies": items})
 
 
-@bp.route(route="manage/autoreplies/{ticket_id}/resend", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/autoreplies/{ticket_id}/resend", ["POST"])
 async def manage_autoreply_resend(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        view = await svc.autoreplies.resend(req.route_params.get("ticket_id", ""))
-    except AutoreplyNotFound as exc:
-        return error(404, str(exc))
-    except ResendRefused as exc:
-        return error(409, str(exc))
-    except TransientError as exc:
-        return error(503, f"storage is unavailable, try again: {exc}")
-    return json_response(view, 202)
+    return json_response(await svc.autoreplies.resend(req.route_params.get("ticket_id", "")), 202)

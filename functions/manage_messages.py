@@ -1,8 +1,9 @@
 """Manage API for failed and unprocessed mail: lists, one mail's trace, recoveries, the status,
 the status page and the privacy erase (auth level FUNCTION; JSON in and out, HTML for the page).
 
-Every route parses its input, calls one service (shared/services/status.py, recovery.py,
-privacy.py) and maps its errors: bad input 400, unknown things 404, Graph or Storage down 503.
+Every route parses its input and calls one service (shared/services/status.py, recovery.py,
+privacy.py); `manage()` maps what they raise (functions/http_util.py): bad input 400, unknown
+things 404, a time in the future 422, Graph or Storage down 503.
 """
 from __future__ import annotations
 
@@ -10,95 +11,63 @@ import logging
 
 import azure.functions as func
 
-from functions.http_util import error, json_body, json_response
+from functions.http_util import bool_param, error, int_param, json_body, json_object, json_response, manage
 from shared.bootstrap import services
-from shared.domain.errors import TransientError
-from shared.services.privacy import PrivacyRequestError
-from shared.services.recovery import RecoveryNotFound, RecoveryRequestError, parse_since
-from shared.services.status import ListRequestError, dashboard_html, inbox_status, list_messages
+from shared.services.recovery import parse_since
+from shared.services.status import dashboard_html, inbox_status, list_messages
 from shared.services.steps import message_steps_of
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.manage")
 
-_TRUE = ("1", "true", "yes", "on")
 
-
-def _limit(req: func.HttpRequest, default: int, maximum: int) -> int:
-    try:
-        return max(1, min(maximum, int(req.params.get("limit", str(default)))))
-    except ValueError:
-        raise ListRequestError("limit must be an integer") from None
-
-
-@bp.route(route="manage/messages", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/messages", ["GET"])
 async def manage_messages(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        doc = await list_messages(svc.status_deps, req.params.get("status", "failed"), req.params.get("mailbox"),
-                                  parse_since(req.params.get("since")), _limit(req, 100, 1000))
-    except (ListRequestError, RecoveryRequestError) as exc:
-        return error(400, str(exc))
-    except TransientError as exc:
-        return error(503, f"Graph or Storage is unavailable, try again: {exc}")
-    return json_response(doc)
+    return json_response(await list_messages(
+        svc.status_deps, req.params.get("status", "failed"), req.params.get("mailbox"),
+        parse_since(req.params.get("since"), svc.clock.now()), int_param(req, "limit", 100, 1, 1000)))
 
 
-@bp.route(route="manage/messages/recover", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/messages/recover", ["POST"])
 async def manage_messages_recover(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        task = await svc.recovery.start(json_body(req, limit=64_000))
-    except (ValueError, RecoveryRequestError) as exc:
-        return error(400, str(exc))
-    except RecoveryNotFound as exc:
-        return error(404, str(exc))
-    except TransientError as exc:
-        return error(503, f"could not start the recovery, try again: {exc}")
+    task = await svc.recovery.start(json_object(req, limit=64_000))
     return json_response(task.view(), 202)
 
 
-@bp.route(route="manage/messages/{message_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/messages/{message_id}", ["GET"])
 async def manage_message(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
+    message_id = req.route_params.get("message_id", "")
     # its steps with times and outcomes, correlation ids, decision, ticket link, autoreply (services/steps.py)
-    doc = await message_steps_of(svc, req.route_params.get("message_id", ""), req.params.get("mailbox"))
-    return json_response(doc) if doc else error(404, "no record of this mail (not processed, failed or queued yet)")
+    doc = await message_steps_of(svc, message_id, req.params.get("mailbox"))
+    return json_response(doc) if doc else error(
+        404, f"no record of mail {message_id[:80]!r} (not processed, failed or queued yet)", "not_found")
 
 
-@bp.route(route="manage/recovery", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/recovery", ["GET"])
 async def manage_recoveries(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        tasks = await svc.recovery.list(req.params.get("mailbox"), _limit(req, 5, 50))
-    except ListRequestError as exc:
-        return error(400, str(exc))
-    except RecoveryNotFound as exc:
-        return error(404, str(exc))
+    tasks = await svc.recovery.list(req.params.get("mailbox"), int_param(req, "limit", 5, 1, 50))
     return json_response({"tasks": [t.view() for t in tasks]})
 
 
-@bp.route(route="manage/recovery/{task_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/recovery/{task_id}", ["GET"])
 async def manage_recovery(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        task, items = await svc.recovery.progress(req.route_params.get("task_id", ""))
-    except RecoveryNotFound as exc:
-        return error(404, str(exc))
+    task, items = await svc.recovery.progress(req.route_params.get("task_id", ""))
     return json_response(task.view(items))
 
 
-@bp.route(route="manage/status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/status", ["GET"])
 async def manage_status(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    wide = any(req.params.get(k, "").lower() in _TRUE for k in ("include_inactive", "all"))
-    try:
-        return json_response(await inbox_status(svc.status_deps, req.params.get("mailbox"), include_inactive=wide))
-    except TransientError as exc:
-        return error(503, f"storage is unavailable, try again: {exc}")
+    wide = bool_param(req, "include_inactive") or bool_param(req, "all")
+    return json_response(await inbox_status(svc.status_deps, req.params.get("mailbox"), include_inactive=wide))
 
 
-@bp.route(route="manage/dashboard", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/dashboard", ["GET"])
 async def manage_dashboard(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(dashboard_html(), status_code=200, mimetype="text/html", charset="utf-8",
                              headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
@@ -106,13 +75,7 @@ async def manage_dashboard(req: func.HttpRequest) -> func.HttpResponse:
                                       "style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"})
 
 
-@bp.route(route="manage/privacy/erase", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/privacy/erase", ["POST"])
 async def manage_privacy_erase(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        report = await svc.privacy.erase(json_body(req, limit=4_000))
-    except (ValueError, PrivacyRequestError) as exc:
-        return error(400, str(exc))
-    except TransientError as exc:
-        return error(503, f"storage is unavailable, try again: {exc}")
-    return json_response(report)
+    return json_response(await svc.privacy.erase(json_body(req, limit=4_000)))

@@ -9,13 +9,12 @@ import logging
 
 import azure.functions as func
 
-from functions.http_util import error, json_response
+from functions.http_util import int_param, json_response, manage
 from shared.bootstrap import services
-from shared.config import QUEUE_LIFECYCLE, ConfigError
+from shared.config import QUEUE_LIFECYCLE
 from shared.domain import envelope
 from shared.domain.envelope import LifecycleJob
 from shared.domain.errors import MalformedEnvelope
-from shared.services.clients import ClientNotFound
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.subscriptions")
@@ -51,39 +50,28 @@ async def lifecycle_failed(msg: func.QueueMessage) -> None:
     await svc.subscription_sync.record_lifecycle_failure(job, getattr(msg, "dequeue_count", 0) or 0)
 
 
-@bp.route(route="manage/subscriptions/sync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/subscriptions/sync", ["POST"])
 async def manage_subscriptions_sync(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
     return json_response(await svc.subscription_sync.sync("manual"))
 
 
-@bp.route(route="manage/clients", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/clients", ["GET"])
 async def manage_clients(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
     return json_response({"clients": await svc.clients.list()})
 
 
-@bp.route(route="manage/clients/{name}/validate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/clients/{name}/validate", ["POST"])
 async def manage_client_validate(req: func.HttpRequest) -> func.HttpResponse:
-    try:
-        svc = await services().ready()
-    except ConfigError as exc:  # e.g. OUTBOUND_CA_BUNDLE missing: say so here, not just in the host log
-        return error(500, str(exc), reason="settings")
-    try:
-        result = await svc.clients.validate(req.route_params.get("name", ""), req.params.get("mailbox"))
-    except ClientNotFound as exc:
-        return error(404, str(exc))
-    return json_response(result)
+    # settings that stop start-up (e.g. OUTBOUND_CA_BUNDLE missing) answer 500 settings_invalid naming them
+    svc = await services().ready()
+    return json_response(await svc.clients.validate(req.route_params.get("name", ""), req.params.get("mailbox")))
 
 
-@bp.route(route="manage/clients/{name}/synclog", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@manage(bp, "manage/clients/{name}/synclog", ["GET"])
 async def manage_client_synclog(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
-    try:
-        limit = min(500, max(1, int(req.params.get("limit", "50"))))
-        entries = await svc.clients.synclog_of(req.route_params.get("name", ""), limit)
-    except ValueError:
-        return error(400, "limit must be an integer")
-    except ClientNotFound as exc:
-        return error(404, str(exc))
-    return json_response({"client": req.route_params.get("name", ""), "entries": entries})
+    name = req.route_params.get("name", "")
+    entries = await svc.clients.synclog_of(name, int_param(req, "limit", 50, 1, 500))
+    return json_response({"client": name, "entries": entries})

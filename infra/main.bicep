@@ -1,21 +1,31 @@
 // inbox-functions: Microsoft 365 mailboxes -> Graph change notifications -> CRM helpdesk tickets.
 //
-// Orchestrator only: parameters, names, modules, outputs. Deploy into a resource group:
-//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json
+// Orchestrator only: parameters, names, modules, outputs. Deploy into a resource group with the
+// Azure Developer CLI (azure.yaml at the repository root; infra/main.parameters.json takes azd's
+// environment values):
+//   azd up
+// or with the Azure CLI (infra/cli.parameters.json holds plain values):
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/cli.parameters.json
 // then publish the code with `func azure functionapp publish <functionAppName> --python`.
 // The step-by-step guide (Entra app, secrets, first mailbox, troubleshooting) is docs/deploy.md.
+//
+// checkov scans every module (.checkov.yaml); this file and names.bicep are left out because its
+// Bicep parser knows no compile-time imports, user-defined functions or lambdas. They declare no
+// resource: the imports and lambdas live here so that the modules with resources stay parseable.
 //
 // Modules (infra/app/):
 //   identity.bicep      user-assigned managed identity used for everything
 //   storage.bicep       queues, tables, blobs; shared-key access off on Flex
 //   monitoring.bicep    Log Analytics + Application Insights (Entra-only ingestion)
 //   keyvault.bicep      RBAC-mode vault for the secrets an identity cannot replace
+//   network.bicep       vnetEnabled: VNet, app and private endpoint subnets, NAT gateway
+//   private-endpoints.bicep  vnetEnabled: private endpoints + DNS for Storage and Key Vault
 //   rbac.bicep          every role assignment, named with guid()
 //   function-app.bicep  plan, site, app settings, optional App Service Authentication
 
 targetScope = 'resourceGroup'
 
-import { secretNames, keyVaultReference } from 'app/names.bicep'
+import { secretNames, keyVaultReference, graphSettingSuffix, graphSecretName, graphCertificateName } from 'app/names.bicep'
 
 // ---------------------------------------------------------------------------------------------
 // Parameters: naming and hosting
@@ -35,6 +45,9 @@ param functionAppName string = 'func-${namePrefix}-${uniqueString(subscription()
 
 @description('Tags applied to every resource.')
 param tags object = {}
+
+@description('azd environment name (AZURE_ENV_NAME): tags every resource with azd-env-name. Empty outside azd.')
+param environmentName string = ''
 
 @description('"flex": Flex Consumption (default; keyless storage). "premium": Elastic Premium for customers who need pre-warmed instances or Premium networking; it keeps shared-key access on for its content file share.')
 @allowed([
@@ -88,8 +101,20 @@ param storageSkuName string = 'Standard_LRS'
 @maxValue(730)
 param logRetentionInDays int = 30
 
-@description('Optional resource id of a subnet for VNet integration (delegated to Microsoft.App/environments on Flex, Microsoft.Web/serverFarms on Premium).')
+@description('Optional resource id of your own subnet for VNet integration (delegated to Microsoft.App/environments on Flex, Microsoft.Web/serverFarms on Premium). Ignored when vnetEnabled, which builds its own network.')
 param subnetId string = ''
+
+@description('true: a VNet for the app (network.bicep) with private endpoints for the Storage queues, tables and blobs (and files on Premium) and Key Vault (private-endpoints.bicep); Storage and Key Vault then deny public network access. The webhook stays public: Graph calls it from the internet.')
+param vnetEnabled bool = false
+
+@description('vnetEnabled: address space of the VNet.')
+param vnetAddressPrefix string = '10.40.0.0/16'
+
+@description('vnetEnabled: address range of the app subnet (VNet integration; at least a /27 on Flex).')
+param appSubnetPrefix string = '10.40.1.0/24'
+
+@description('vnetEnabled: address range of the private endpoint subnet.')
+param privateEndpointSubnetPrefix string = '10.40.2.0/24'
 
 // ---------------------------------------------------------------------------------------------
 // Parameters: Key Vault and secrets
@@ -118,7 +143,7 @@ param adminPrincipalType string = 'User'
 @secure()
 param clientStateKeys string = ''
 
-@description('WEBHOOK_KEY: the function key Graph sends back as ?code=; register the same value as a host key (docs/deploy.md). Empty keeps what the vault holds.')
+@description('WEBHOOK_KEY: the function key Graph sends back as ?code=; register the same value as a function key of graph_notifications and graph_lifecycle only, never as a host key, which would also open the manage API (docs/deploy.md; azd does it in infra/hooks/postdeploy). Empty keeps what the vault holds.')
 @secure()
 param webhookKey string = ''
 
@@ -269,6 +294,9 @@ param attachmentsInline string = 'referenced'
 @description('FREE_MAIL_DOMAINS: extra free-mail domains (comma-separated) that never match a company by domain.')
 param freeMailDomains string = ''
 
+@description('OWN_MESSAGE_ID_HOSTS: hosts (comma-separated) only our own sending systems put in Message-IDs; such mail is ours and never opens a ticket.')
+param ownMessageIdHosts string = ''
+
 @description('RENEW_SCHEDULE: NCRONTAB (six fields, UTC) of renew_subscriptions.')
 param renewSchedule string = '0 */30 * * * *'
 
@@ -300,6 +328,10 @@ param authClientId string = ''
 // ---------------------------------------------------------------------------------------------
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, location))
+// azd finds the resource group by azd-env-name and the app to deploy by azd-service-name (the
+// service `app` in azure.yaml).
+var allTags = empty(environmentName) ? tags : union(tags, { 'azd-env-name': environmentName })
+var appTags = union(allTags, { 'azd-service-name': 'app' })
 var compactPrefix = toLower(replace(namePrefix, '-', ''))
 var names = {
   identity: 'id-${namePrefix}-${resourceToken}'
@@ -308,6 +340,7 @@ var names = {
   logAnalytics: 'log-${namePrefix}-${resourceToken}'
   applicationInsights: 'appi-${namePrefix}-${resourceToken}'
   plan: 'plan-${namePrefix}-${resourceToken}'
+  vnet: 'vnet-${namePrefix}-${resourceToken}'
   deploymentContainer: 'app-package-${resourceToken}'
   contentShare: take(toLower(functionAppName), 63)
 }
@@ -321,6 +354,8 @@ var queueNames = [
   'inbox-autoreplies-poison'
   'inbox-lifecycle'
   'inbox-lifecycle-poison'
+  'inbox-recovery'
+  'inbox-recovery-poison'
 ]
 var tableNames = [
   'mailboxes'
@@ -376,7 +411,7 @@ module identity 'app/identity.bicep' = {
   params: {
     name: names.identity
     location: location
-    tags: tags
+    tags: allTags
   }
 }
 
@@ -385,7 +420,7 @@ module storage 'app/storage.bicep' = {
   params: {
     name: names.storage
     location: location
-    tags: tags
+    tags: allTags
     skuName: storageSkuName
     // Keyless on Flex. Premium's content file share can only be mounted with the account key.
     allowSharedKeyAccess: hostingPlan == 'premium'
@@ -393,6 +428,7 @@ module storage 'app/storage.bicep' = {
     tableNames: tableNames
     containerNames: hostingPlan == 'flex' ? concat(appContainerNames, [names.deploymentContainer]) : appContainerNames
     contentShareName: hostingPlan == 'premium' ? names.contentShare : ''
+    privateNetworkOnly: vnetEnabled
   }
 }
 
@@ -402,7 +438,7 @@ module monitoring 'app/monitoring.bicep' = {
     logAnalyticsName: names.logAnalytics
     applicationInsightsName: names.applicationInsights
     location: location
-    tags: tags
+    tags: allTags
     retentionInDays: logRetentionInDays
   }
 }
@@ -412,13 +448,51 @@ module vault 'app/keyvault.bicep' = {
   params: {
     name: names.vault
     location: location
-    tags: tags
+    tags: allTags
     softDeleteRetentionInDays: softDeleteRetentionInDays
     enablePurgeProtection: enablePurgeProtection
+    secretNames: secretNames
+    privateNetworkOnly: vnetEnabled
     clientStateKeys: clientStateKeys
     webhookKey: webhookKey
     limeCrmApiKey: limeCrmApiKey
     tramlApiKey: tramlApiKey
+  }
+}
+
+module network 'app/network.bicep' = if (vnetEnabled) {
+  name: 'network'
+  params: {
+    name: names.vnet
+    location: location
+    tags: allTags
+    hostingPlan: hostingPlan
+    addressPrefix: vnetAddressPrefix
+    appSubnetPrefix: appSubnetPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+  }
+}
+
+module privateEndpoints 'app/private-endpoints.bicep' = if (vnetEnabled) {
+  name: 'private-endpoints'
+  params: {
+    location: location
+    tags: allTags
+    vnetId: vnetEnabled ? network.outputs.id : ''
+    subnetId: vnetEnabled ? network.outputs.privateEndpointSubnetId : ''
+    storageAccountName: storage.outputs.name
+    // Premium mounts its content share (Azure Files) through the VNet as well.
+    storageServices: hostingPlan == 'premium' ? [
+      'blob'
+      'queue'
+      'table'
+      'file'
+    ] : [
+      'blob'
+      'queue'
+      'table'
+    ]
+    vaultName: vault.outputs.name
   }
 }
 
@@ -457,6 +531,7 @@ var registryAppSettings = {
   ATTACHMENT_MAX_BYTES: string(attachmentMaxBytes)
   ATTACHMENTS_INLINE: attachmentsInline
   FREE_MAIL_DOMAINS: freeMailDomains
+  OWN_MESSAGE_ID_HOSTS: ownMessageIdHosts
   GRAPH_MAILBOX_CONCURRENCY: string(graphMailboxConcurrency)
   // %RENEW_SCHEDULE% / %SWEEP_SCHEDULE%: the host fails indexing when they are missing.
   RENEW_SCHEDULE: renewSchedule
@@ -486,6 +561,17 @@ var limeAppSettings = {
   LIME_RATE_LIMIT_WINDOW_SECONDS: string(limeRateLimitWindowSeconds)
 }
 
+// GRAPH_CLIENTS with this app's identity filled in for managed-identity clients, and one Key Vault
+// reference per client that authenticates with a secret (the default) or a certificate.
+var resolvedGraphClients = toObject(items(graphClients), client => client.key, client => client.value.?credential == 'managed_identity' ? union({ managed_identity_client_id: identity.outputs.clientId }, client.value) : client.value)
+var secretGraphClients = filter(items(graphClients), client => (client.value.?credential ?? 'secret') == 'secret')
+var certificateGraphClients = filter(items(graphClients), client => client.value.?credential == 'certificate')
+var graphSecretAppSettings = toObject(secretGraphClients, client => 'GRAPH_CLIENT_SECRET_${graphSettingSuffix(client.key)}', client => keyVaultReference(vault.outputs.uri, graphSecretName(client.key)))
+var graphCertificateAppSettings = toObject(certificateGraphClients, client => 'GRAPH_CLIENT_CERT_${graphSettingSuffix(client.key)}', client => keyVaultReference(vault.outputs.uri, graphCertificateName(client.key)))
+var graphAppSettings = {
+  GRAPH_CLIENTS: string(resolvedGraphClients)
+}
+
 var secretAppSettings = {
   CLIENT_STATE_KEYS: keyVaultReference(vault.outputs.uri, secretNames.clientStateKeys)
   WEBHOOK_KEY: keyVaultReference(vault.outputs.uri, secretNames.webhookKey)
@@ -499,7 +585,7 @@ module functionApp 'app/function-app.bicep' = {
     name: functionAppName
     planName: names.plan
     location: location
-    tags: tags
+    tags: appTags
     hostingPlan: hostingPlan
     premiumSku: premiumSku
     instanceMemoryMB: instanceMemoryMB
@@ -511,19 +597,20 @@ module functionApp 'app/function-app.bicep' = {
     deploymentContainerName: names.deploymentContainer
     contentShareName: hostingPlan == 'premium' ? names.contentShare : ''
     applicationInsightsName: monitoring.outputs.applicationInsightsName
-    vaultUri: vault.outputs.uri
-    graphClients: graphClients
     publicBaseUrl: publicBaseUrl
-    appSettings: union(registryAppSettings, limeAppSettings, secretAppSettings)
+    appSettings: union(registryAppSettings, limeAppSettings, secretAppSettings, graphAppSettings, graphSecretAppSettings, graphCertificateAppSettings)
+    contentShareConnectionReference: hostingPlan == 'premium' ? keyVaultReference(vault.outputs.uri, secretNames.storageContent) : ''
     additionalAppSettings: additionalAppSettings
-    subnetId: subnetId
+    subnetId: vnetEnabled ? network.outputs.appSubnetId : subnetId
+    privateNetworkOnly: vnetEnabled
     enableAuth: enableAuth
     authClientId: authClientId
   }
   // The host reaches Storage, Key Vault and Application Insights with the identity as soon as it
-  // starts: grant the roles first.
+  // starts: grant the roles first, and with vnetEnabled, let the private endpoints exist.
   dependsOn: [
     rbac
+    privateEndpoints
   ]
 }
 
@@ -560,3 +647,13 @@ output storageAccountName string = storage.outputs.name
 
 @description('Maximum instance count in effect (derived unless overridden).')
 output maximumInstanceCount int = maximumInstanceCount
+
+@description('vnetEnabled: the fixed public address the app\'s outbound traffic leaves from (NAT gateway); empty otherwise.')
+output outboundIpAddress string = vnetEnabled ? network.outputs.outboundIpAddress : ''
+
+// The same values under the names azd and its hooks use (azd stores outputs in the environment).
+@description('azd: the function app to deploy to and register the webhook key on.')
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+
+@description('azd: the resource group of the deployment.')
+output AZURE_RESOURCE_GROUP string = resourceGroup().name

@@ -108,9 +108,12 @@ class Services:
     @cached_property
     def status_deps(self) -> Any:
         from .services.status import StatusDeps
+        from .services.health import HealthDeps, health_warnings
+        health = HealthDeps(settings=self.settings, traml=self.traml, traml_configured=self.traml_configured,
+                            autoreply_store=self.autoreplies.d.store, crm=self.crm)
         return StatusDeps(registry=self.registry, ledger=self.ledger, subscriptions=self.subscriptions,
                           mail=self.graph, clock=self.clock, sweep_state=self.sweep_state,
-                          warnings=self.clients.warnings)
+                          warnings=self.clients.warnings, health=lambda boxes: health_warnings(health, boxes))
 
     @cached_property
     def privacy(self) -> Any:
@@ -164,15 +167,31 @@ class Services:
         return await sweeper(mailbox, reason)
 
     @cached_property
+    def traml(self) -> Any:
+        """The TRAML client (one per worker: its template cache serves the sender and the manage API)."""
+        from .adapters.traml import TramlClient
+        return TramlClient.from_settings(self.settings)
+
+    @property
+    def traml_configured(self) -> bool:
+        return bool(self.settings.traml_base_url and self.settings.traml_api_key)
+
+    @cached_property
+    def mailbox_checks(self) -> Any:
+        """What a mailbox's settings name, checked with TRAML, Graph and the CRM when it is saved."""
+        from .services.mailbox_checks import MailboxChecks
+        return MailboxChecks(self.graph, self.traml, self.traml_configured, self.crm, self.settings.crm_backend,
+                             self.settings.graph_clients, self.registry)
+
+    @cached_property
     def autoreplies(self) -> Any:
         """The autoreply use case (TRAML client, claim rows, per-recipient limits), built on first use."""
         from .adapters.autoreply_state import TableAutoreplyStore, TableRateLimiter
-        from .adapters.traml import TramlClient
         from .services.autoreply import AutoreplyDeps, AutoreplyService, limits_from_settings
         count, minutes = limits_from_settings(self.settings)
         return AutoreplyService(AutoreplyDeps(
             registry=self.mailbox_reader, ledger=self.ledger, crm=self.crm, queue=self.queue, clock=self.clock,
-            traml=TramlClient.from_settings(self.settings), store=TableAutoreplyStore(self.account, self.clock),
+            traml=self.traml, store=TableAutoreplyStore(self.account, self.clock),
             limiter=TableRateLimiter(self.account, count, minutes),
             limit_description=f"{count} per {minutes} minutes"))
 
@@ -209,7 +228,7 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
         rules=settings.mail_rules, own_addresses=services.own_addresses,
         on_failed=lambda mailbox, entry: services.failures.record_permanent(mailbox, entry), extension=extension))
     services.mailboxes = MailboxService(registry, graph, clock, settings.graph_clients, services.subscription_sync,
-                                        subscriptions)
+                                        subscriptions, checks=services.mailbox_checks)
     return services
 
 

@@ -44,6 +44,8 @@ class MailRules:
     attachment_max_bytes: int = 50 * 1024 * 1024
     attachments_inline: str = "referenced"
     free_mail_domains: tuple[str, ...] = ()
+    # Hosts only our own sending systems put in Message-IDs (OWN_MESSAGE_ID_HOSTS): such mail is ours.
+    own_message_id_hosts: tuple[str, ...] = ()
 
 
 def _mail_rules(env: Mapping[str, str], problems: list[str]) -> MailRules:
@@ -60,6 +62,16 @@ def _mail_rules(env: Mapping[str, str], problems: list[str]) -> MailRules:
     bad = [d for d in domains if "." not in d or " " in d]
     if bad:
         problems.append(f"FREE_MAIL_DOMAINS holds something that is not a domain: {', '.join(bad)}")
+    hosts = tuple(h.strip().lower().lstrip("@").rstrip(".")
+                  for h in (env.get("OWN_MESSAGE_ID_HOSTS") or "").split(",") if h.strip())
+    bad = [h for h in hosts if "." not in h or not re.fullmatch(r"[a-z0-9.-]+", h)]
+    if bad:
+        problems.append(f"OWN_MESSAGE_ID_HOSTS holds something that is not a host name: {', '.join(bad)}")
+    shared = [h for h in hosts if h not in bad and _shared_message_id_host(h)]
+    if shared:
+        problems.append(f"OWN_MESSAGE_ID_HOSTS names {', '.join(shared)}: Exchange Online, Gmail and the like put "
+                        "such hosts in every customer's Message-IDs, so every mail would count as ours; name only "
+                        "hosts our own sending systems use")
     return MailRules(
         note_format=note_format,
         note_max_chars=_int(env, "NOTE_MAX_CHARS", problems, minimum=500),
@@ -67,7 +79,18 @@ def _mail_rules(env: Mapping[str, str], problems: list[str]) -> MailRules:
         attachment_max_bytes=_int(env, "ATTACHMENT_MAX_BYTES", problems, minimum=1),
         attachments_inline=inline,
         free_mail_domains=domains,
+        own_message_id_hosts=hosts,
     )
+
+
+# Hosts in the Message-IDs of mail that every tenant or user of a big provider sends (Exchange Online
+# writes <...@XXXPR01MB1234.eurprd01.prod.outlook.com>, Gmail <...@mail.gmail.com>): never "ours".
+SHARED_MESSAGE_ID_HOSTS = ("outlook.com", "office365.com", "microsoft.com", "exchangelabs.com", "gmail.com",
+                           "google.com", "googlemail.com", "hotmail.com", "yahoo.com", "icloud.com", "me.com")
+
+
+def _shared_message_id_host(host: str) -> bool:
+    return any(host == h or host.endswith("." + h) for h in SHARED_MESSAGE_ID_HOSTS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +153,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Inline parts stored as documents: 'referenced' (shown in the body), 'all' or 'none'."),
     SettingSpec("FREE_MAIL_DOMAINS", "", False, "app",
                 "Extra free-mail domains (comma-separated) that never match a company by domain."),
+    SettingSpec("OWN_MESSAGE_ID_HOSTS", "", False, "app",
+                "Hosts (comma-separated) only our own sending systems put in Message-IDs (e.g. the transactional "
+                "mail service's): mail with such a Message-ID is ours and never opens a ticket."),
     SettingSpec("SWEEP_MAX_PER_RUN", "500", False, "app",
                 "Jobs one sweep run enqueues per mailbox at most (~5 Graph requests each, of Graph's "
                 "10,000 per 10 minutes per mailbox)."),

@@ -28,7 +28,13 @@ class JobQueue(Protocol):
 
 class MailGateway(Protocol):
     """Graph mail operations on one monitored mailbox. Errors: MailNotFound, TransientError,
-    PermanentError (from shared.domain.errors)."""
+    PermanentError (from shared.domain.errors).
+
+    Optional capabilities the services use when present: `list_attachments`, `get_attachment_item`,
+    `stream_attachment` (services/attachments.py), `stream_message(mailbox, message_id, sink,
+    limit) -> int` (the mail's MIME written to a binary file; ContentTooLarge past `limit`) and
+    `read_message_mime(mailbox, message_id, limit) -> (bytes, cut)` (the start of the mail's MIME, for
+    a delivery report: services/delivery_reports.py)."""
 
     async def get_message(self, mailbox: Mailbox, message_id: str) -> InboundMail: ...
     async def inbox_folder_id(self, mailbox: Mailbox) -> str: ...
@@ -86,9 +92,11 @@ class CrmGateway(Protocol):
     Optional capabilities the processor uses when present: `document_url(doc_id) -> str` (where a
     stored inline image can be shown from the HTML note, for `cid:` links),
     `add_document_file(draft, file, key) -> str` (a large attachment streamed from a seekable
-    binary file instead of bytes in memory), `mail_writes(key, owner=, sole=)` (an async context
-    manager around one mail's writes, letting the CRM record them together: crm_lime/creates.py),
-    and the batched lookups `lookup_sender` and `match_companies` (shared/services/mail_to_crm.py)."""
+    binary file instead of bytes in memory), `find_document(key) -> str | None` (the document
+    a key already made, asked on a retry before a large file is read again), `mail_writes(key,
+    owner=, sole=)` (an async context manager around one mail's writes, letting the CRM record
+    them together: crm_lime/creates.py), and the batched lookups `lookup_sender` and
+    `match_companies` (shared/services/mail_to_crm.py)."""
 
     async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
         """The person with this email, created (with `company_id`, '' for none) when there is none.

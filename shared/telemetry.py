@@ -12,7 +12,15 @@
 - `configure(settings)`: with APPLICATIONINSIGHTS_CONNECTION_STRING set, the Azure Monitor
   OpenTelemetry distribution is imported (lazily: nothing of it is imported otherwise) and
   configured once per worker; traces, the `inbox.*` logs and the metrics below go to Application
-  Insights. Without it every function here is a cheap no-op.
+  Insights. Without it every function here is a cheap no-op. When something else already installed
+  the OpenTelemetry SDK in this process (the Python worker does with
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY), it is used as it is, never configured twice.
+- Trace context, the Functions way: host.json `telemetryMode: OpenTelemetry` makes the host trace
+  each invocation, and PYTHON_ENABLE_OPENTELEMETRY=true (an app setting, infra/) makes the Python
+  worker attach that invocation's W3C trace context before it calls the function. The job's span
+  below therefore starts as a child of the host's invocation span, and log records written in it
+  carry the same operation id: host request, app spans and `inbox.*` lines form one trace, and the
+  correlation id stays on each of them.
 - Metrics: `inbox.mails.received|processed|failed|skipped` (counters), `inbox.graph.duration`,
   `inbox.crm.duration`, `inbox.traml.duration` (histograms, ms, per operation and status), and
   `inbox.throttled` (429 answers, per service), `inbox.lifecycle` (Graph lifecycle events, per event
@@ -154,6 +162,11 @@ def configure(settings: Any) -> bool:
             return _state.enabled
         _state.configured_for = connection
         try:
+            if _sdk_installed():
+                _instruments()
+                _state.enabled = True
+                log.info("telemetry.configured exporter=existing (the OpenTelemetry SDK was already set up)")
+                return _state.enabled
             from azure.monitor.opentelemetry import configure_azure_monitor
             kwargs: dict[str, Any] = {"connection_string": connection, "logger_name": LOGGER_PREFIX}
             credential = _credential(str(getattr(settings, "appinsights_authentication_string", "") or ""))
@@ -167,6 +180,12 @@ def configure(settings: Any) -> bool:
             _state.error = f"{type(exc).__name__}: {str(exc)[:300]}"
             log.error("telemetry.configure-failed error=%s", _state.error)
     return _state.enabled
+
+
+def _sdk_installed() -> bool:
+    """Whether this process already has an SDK tracer provider (not the API's default proxy)."""
+    from opentelemetry import trace
+    return type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.sdk")
 
 
 def _credential(auth: str) -> Any:

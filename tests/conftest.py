@@ -1,6 +1,8 @@
 """Session fixtures shared by every test package: a real Azurite, fresh names per test."""
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -13,6 +15,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.azurite import external_connection, start_azurite  # noqa: E402
+
+# Everything the tests, the app and the dev hosts they start write to the temp directory (combined CA
+# bundles, spooled attachments, Chromium profiles) goes to one directory of this session, removed at
+# its end: two sessions on one machine never delete each other's files.
+_SESSION_TMP = tempfile.mkdtemp(prefix="inbox-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +45,9 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_combined_ca_bundles():
+def _remove_session_temp_directory():
     """Each Graph simulator start makes a new throwaway CA, so each gives the app a new combined
-    bundle in the temp directory (shared/adapters/tls.py; one file in production): remove the
-    ones this session wrote."""
-    pattern = "inbox-outbound-ca-*"
-    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    bundle in the temp directory (shared/adapters/tls.py; one file in production): the session's
+    own temp directory goes, with them, when the session ends."""
     yield
-    for path in set(Path(tempfile.gettempdir()).glob(pattern)) - before:
-        path.unlink(missing_ok=True)
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 from shared.domain import envelope
-from shared.domain.errors import LeaseHeld, MailNotFound, TransientError
+from shared.domain.errors import ContentTooLarge, LeaseHeld, MailNotFound, TransientError
 from shared.domain.mail import InboundMail
 from shared.domain.model import FAILED, FINISHED, PROCESSING, SKIPPED, InboxItem, LedgerEntry, Mailbox
 
@@ -113,8 +113,9 @@ class FakeMail:
         self.faults: dict[str, list[Exception]] = {}
         self.calls: dict[str, int] = {}
 
-    def put(self, mailbox: Mailbox, mail: InboundMail) -> None:
-        self.messages[(mailbox.id, mail.message_id)] = {"mail": mail}
+    def put(self, mailbox: Mailbox, mail: InboundMail, mime: bytes = b"") -> None:
+        """`mime`: what `$value` serves (default: a few headers made from the mail)."""
+        self.messages[(mailbox.id, mail.message_id)] = {"mail": mail, "mime": mime}
 
     def _maybe_fail(self, op: str) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
@@ -137,6 +138,23 @@ class FakeMail:
     async def get_attachment(self, mailbox, message_id, attachment_id) -> bytes:
         self._maybe_fail("attachment")
         return b""
+
+    async def stream_message(self, mailbox: Mailbox, message_id: str, sink: Any, limit: int | None = None) -> int:
+        self._maybe_fail("mime")
+        item = self.messages.get((mailbox.id, message_id))
+        if not item:
+            raise MailNotFound("404")
+        mail = item["mail"]
+        data = item.get("mime") or (f"Message-ID: {mail.internet_message_id}\r\nFrom: {mail.sender.address}\r\n"
+                                    f"Subject: {mail.subject}\r\n\r\n{mail.body}\r\n").encode()
+        sink.seek(0)
+        sink.truncate()
+        for offset in range(0, len(data), 4096):
+            chunk = data[offset:offset + 4096]
+            if limit is not None and offset + len(chunk) > limit:
+                raise ContentTooLarge(f"the mail's MIME is over the {limit}-byte limit")
+            sink.write(chunk)
+        return len(data)
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         self._maybe_fail("delete")

@@ -267,6 +267,11 @@ class InMemoryCrm:
             self.created["document"] += 1
         return did
 
+    async def find_document(self, key: str) -> str | None:
+        self._maybe_fail("find_document")
+        did = ct.document_id_for(key)
+        return did if did in self.documents else None
+
     async def get_document(self, doc_id: str) -> dict[str, Any] | None:
         row = self.documents.get(doc_id)
         return ct.document_view(row) if row else None

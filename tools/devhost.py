@@ -5,7 +5,8 @@ Stands in for `func start`. It imports `function_app` from the app directory, ta
 
 * serves HTTP triggers on `http://127.0.0.1:<port>/<routePrefix>/<route>` (route templates with
   `{p}`, `{p?}`, `{p:int}`, `{*rest}`; methods and auth levels enforced; `admin*`/`runtime*` routes
-  refused at start-up, as the host refuses them);
+  refused at start-up, as the host refuses them; routes tried in the order of their functions'
+  names, as the host tries them, so a catch-all must be named to sort last);
 * drains Storage queues into queue triggers with host.json's `extensions.queues` semantics
   (batchSize, newBatchThreshold, maxPollingInterval, visibilityTimeout, maxDequeueCount,
   messageEncoding, `<queue>-poison`), renewing the lease of long-running messages;
@@ -282,8 +283,12 @@ class DevHost:
             only = (only or set(self.config.functions)) & set(self.config.functions)
         specs = index_functions(app, env, only=only, app_dir=str(self.app_dir))
         self.functions = {s.name: s for s in specs}
+        # The Functions host tries routes in the order of their functions' names, not by how specific
+        # a template is (azure-functions-host#9876; WebScriptHostHttpRoutesManager maps host.Functions
+        # in order, WebJobsRouteBuilder keeps it): `items/{id}` in function `a` shadows `items/recent` in
+        # function `b` there, so it does here.
         self._routes = sorted((s for s in specs if s.trigger_kind == "http" and not s.disabled),
-                              key=lambda s: s.route.precedence)
+                              key=lambda s: (s.name.lower(), s.name))
 
     def _start_threads(self) -> None:
         count = os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT")

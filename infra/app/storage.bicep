@@ -44,7 +44,13 @@ param containerNames array
 @description('Azure Files share for the Premium plan\'s app content; empty on Flex (no file share is created).')
 param contentShareName string = ''
 
+@description('true (main.bicep vnetEnabled): the account refuses every request that does not come through its private endpoints (public network access disabled, firewall default Deny). false: reachable over its public endpoint, still only with an Entra token (or, on Premium, the content share key).')
+param privateNetworkOnly bool = false
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35: the firewall denies by default when privateNetworkOnly (vnetEnabled) is true. With the default false there is no VNet for the Flex app to come from, so Allow is the only working value; every request still needs an Entra token (shared keys are off on Flex).
+  // checkov:skip=CKV_AZURE_59: public network access is Disabled when privateNetworkOnly (vnetEnabled) is true; the default deployment has no private endpoint to reach the account through (see CKV_AZURE_35).
+  // checkov:skip=CKV_AZURE_206: the replication SKU is the storageSkuName parameter (Standard_ZRS or Standard_GZRS recommended for new deployments, docs/deploy.md). The default stays Standard_LRS because ARM cannot change an existing account from LRS to ZRS in a redeploy: a new default would break every existing deployment's next `azd provision`.
   name: name
   location: location
   tags: tags
@@ -60,10 +66,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateNetworkOnly ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: privateNetworkOnly ? 'Deny' : 'Allow'
     }
   }
 }

@@ -321,8 +321,10 @@ def history_view(row: Mapping[str, Any], note: str) -> dict[str, Any]:
 
 
 def document_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A document's metadata and `url`, where the manage API serves its file for download."""
     return {k: row.get(k, "") for k in ("id", "ticket_id", "filename", "content_type", "comment")} | {
-        "size": int(row.get("size") or 0), "created": iso(row.get("created"))}
+        "size": int(row.get("size") or 0), "created": iso(row.get("created")),
+        "url": DOCUMENT_URL_PREFIX + str(row.get("id") or "")}
 
 
 # Storage errors -> domain errors ---------------------------------------------------------------
@@ -804,6 +806,13 @@ class TableCrm:
         size = file.tell()
         file.seek(0)
         return await self._add_document(draft, file, size, key)
+
+    @_storage_errors
+    async def find_document(self, key: str) -> str | None:
+        """The id of the document stored under `key`, None when there is none (yet): a retry asks
+        before it reads a large file again (one row read)."""
+        did = document_id_for(key)
+        return did if await self._document_row(did) is not None else None
 
     def document_url(self, doc_id: str) -> str:
         """Where the manage API serves a document (what `cid:` images of HTML notes point to)."""

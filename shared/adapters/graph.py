@@ -20,6 +20,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
@@ -31,17 +32,19 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
 from . import tls
+from .errors import unreachable
 from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
-from ..domain.errors import MailNotFound, PermanentError, TransientError
-from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, InboundMail, parse_graph_time
-from ..domain.model import InboxItem, Mailbox, SubscriptionInfo
+from ..domain.errors import ContentTooLarge, MailNotFound, PermanentError, TransientError, Unavailable
+from ..domain.mail import ATTACHMENT_SELECT, MESSAGE_SELECT, MESSAGE_SIZE_EXPAND, InboundMail, parse_graph_time
+from ..domain.model import STORE_ORIGINAL_EML, InboxItem, Mailbox, SubscriptionInfo
 
 log = logging.getLogger("inbox.graph")
 T = TypeVar("T")
 
 IMMUTABLE_ID = 'IdType="ImmutableId"'
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SHORT_RETRY_AFTER = 5.0
 MAX_SHORT_RETRIES = 3
 
@@ -56,8 +59,9 @@ class GraphAccessDenied(PermanentError):
     """Graph answered 403: a missing permission or an application access policy."""
 
 
-class AttachmentTooLarge(PermanentError):
-    """An attachment's content turned out larger than the limit its metadata promised to respect."""
+class AttachmentTooLarge(ContentTooLarge):
+    """An attachment's (or a whole mail's) content turned out larger than the limit its metadata
+    promised to respect."""
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -79,6 +83,10 @@ class GraphClients:
         self._settings = settings
         self._clients: dict[str, Any] = {}
         self._credentials: dict[str, Any] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.graph_base_url
 
     def config(self, name: str) -> GraphClientConfig:
         try:
@@ -172,10 +180,11 @@ class GraphClients:
         self._clients[name] = client
         return client
 
-    def untrusted(self, service: str, detail: str) -> tls.CertificateUntrusted:
+    def unreachable(self, service: str, exc: BaseException, what: str = "") -> Unavailable:
+        """The named failure to reach Entra ('entra': GRAPH_AUTHORITY_HOST) or Graph ('graph')."""
         s = self._settings
-        url = s.graph_authority_host if service == "Entra ID" else s.graph_base_url
-        return tls.untrusted(service, url, detail, s.ca_bundle)
+        url = s.graph_authority_host if service == "entra" else s.graph_base_url
+        return unreachable(service, url, exc, s.ca_bundle, what)
 
     async def close(self) -> None:
         for cred in self._credentials.values():
@@ -200,6 +209,7 @@ class GraphAdapter:
         self._paused_until: dict[tuple[str, str], float] = {}
         self._pacer = MailboxPacer()
         self._inbox_ids: dict[tuple[str, str], str] = {}
+        self._tenant_ids: dict[str, str] = {}
         self.stats = {"requests": 0, "throttled": 0, "retries": 0}
 
     # plumbing --------------------------------------------------------------------------------
@@ -239,25 +249,25 @@ class GraphAdapter:
                             self.stats["throttled"] += 1
                             self._paused_until[key] = time.monotonic() + (wait or 1.0)
                             self._pacer.throttled(key, wait or 1.0)
-                        transient = TransientError(f"Graph {status} during {what}", retry_after=wait)
+                        transient = Unavailable(f"Graph {status} during {what}", "graph_unavailable",
+                                                service="Microsoft Graph", retry_after=wait,
+                                                host=urlparse(self._clients.base_url).hostname or "",
+                                                detail={"status": status})
                     elif status in (401, 403):
                         raise GraphAccessDenied(f"Graph {status} during {what}: {message}") from None
                     else:
                         raise PermanentError(f"Graph {status} during {what}: {message}") from None
                 except ClientAuthenticationError as exc:
-                    text = str(exc.message or exc)
-                    code = text[text.find("AADSTS"):][:14] if "AADSTS" in text else "token request failed"
-                    raise CredentialError(f"Graph client {client!r} could not get a token: {code}") from None
+                    if "AADSTS" not in str(exc.message or exc) and _network_failure(exc):
+                        raise self._clients.unreachable("entra", exc, what) from None
+                    raise _credential_error(client, exc) from None
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    untrusted = tls.certificate_problem(exc)
-                    if untrusted:
-                        raise self._clients.untrusted("Microsoft Graph", untrusted) from None
-                    transient = TransientError(f"Graph unreachable during {what}: {type(exc).__name__}")
-                except ServiceRequestError as exc:  # the token request could not be sent
-                    untrusted = tls.certificate_problem(exc)
-                    if untrusted:
-                        raise self._clients.untrusted("Entra ID", untrusted) from None
-                    raise
+                    failure = self._clients.unreachable("graph", exc, what)
+                    if failure.reason in ("tls_untrusted", "proxy_failed"):
+                        raise failure from None  # retrying cannot help until a setting is fixed
+                    transient = failure
+                except ServiceRequestError as exc:  # the token request could not be sent: not retried here
+                    raise self._clients.unreachable("entra", exc, what) from None
             # out of the semaphore while waiting
             attempt += 1
             delay = wait if wait is not None else min(4.0, 0.25 * 2 ** attempt) * (0.5 + random.random())
@@ -299,8 +309,10 @@ class GraphAdapter:
             MessageItemRequestBuilder,
         )
         select = list(MESSAGE_SELECT) + [s for s in self._custom_select if s not in MESSAGE_SELECT]
-        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(
-            select=select, expand=[f"attachments($select={','.join(ATTACHMENT_SELECT)})"])
+        expand = [f"attachments($select={','.join(ATTACHMENT_SELECT)})"]
+        if mailbox.store_original == STORE_ORIGINAL_EML:
+            expand.append(MESSAGE_SIZE_EXPAND)  # its size decides before `$value` whether it fits
+        query = MessageItemRequestBuilder.MessageItemRequestBuilderGetQueryParameters(select=select, expand=expand)
         info = self._user(mailbox).messages.by_message_id(message_id).to_get_request_information(self._cfg(query))
         doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "message get")
         return InboundMail.from_graph(mailbox.id, doc, self._custom_select)
@@ -359,9 +371,26 @@ class GraphAdapter:
         """Stream an attachment's `$value` (a file's bytes, an attached message's MIME) into the
         binary file `sink`, chunk by chunk, never holding it in memory; returns the bytes written.
         Raises AttachmentTooLarge past `limit` (the metadata's size is only Graph's estimate)."""
-        from kiota_abstractions.api_error import APIError
         builder = self._user(mailbox).messages.by_message_id(message_id).attachments.by_attachment_id(attachment_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "attachment stream")
+
+    async def stream_message(self, mailbox: Mailbox, message_id: str, sink: Any, limit: int | None = None) -> int:
+        """Stream the mail's MIME (`GET /users/{id}/messages/{id}/$value`: every header, the body and
+        every attachment, as Exchange renders it) into `sink`, as stream_attachment does; raises
+        AttachmentTooLarge as soon as it passes `limit`, without reading the rest."""
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        return await self._stream_value(mailbox, builder, sink, limit, "message mime")
+
+    async def _stream_value(self, mailbox: Mailbox, builder: Any, sink: Any, limit: int | None, what: str,
+                            cut: bool = False) -> int:
+        """The one streaming path for `$value`: the item builder's request (auth, headers and
+        middleware stay the SDK's; msgraph-sdk 1.65 has no builder for `$value`) sent with
+        `stream=True`, written to `sink` chunk by chunk. A retry starts `sink` over. Past `limit` it
+        raises AttachmentTooLarge, or with `cut` keeps the first `limit` bytes, stops reading and
+        returns more than `limit`."""
+        from kiota_abstractions.api_error import APIError
         adapter = self._clients.client(mailbox.client).request_adapter
+        noun = "the mail's MIME" if what == "message mime" else "attachment content"
 
         async def op() -> int:
             info = builder.to_get_request_information(self._cfg())
@@ -381,12 +410,25 @@ class GraphAdapter:
                 async for chunk in response.aiter_bytes():
                     written += len(chunk)
                     if limit is not None and written > limit:
-                        raise AttachmentTooLarge(f"attachment content is over the {limit}-byte limit")
+                        if not cut:
+                            raise AttachmentTooLarge(f"{noun} is over the {limit}-byte limit")
+                        sink.write(chunk[: len(chunk) - (written - limit)])
+                        return written
                     sink.write(chunk)
                 return written
             finally:
                 await response.aclose()
-        return await self._call(mailbox.client, mailbox.graph_user, op, "attachment stream")
+        return await self._call(mailbox.client, mailbox.graph_user, op, what)
+
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        """The first `limit` bytes of the mail's MIME (`$value`, which Graph answers for every message,
+        a report's original included: learn.microsoft.com/graph/outlook-get-mime-message) and whether
+        there was more: cut off there, the rest of a large mail is never downloaded. Read only for
+        delivery reports, whose report and original's headers come first (shared/domain/reports.py)."""
+        sink = io.BytesIO()
+        builder = self._user(mailbox).messages.by_message_id(message_id)
+        written = await self._stream_value(mailbox, builder, sink, limit, "report mime", cut=True)
+        return sink.getvalue(), written > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         builder = self._user(mailbox).messages.by_message_id(message_id)
@@ -512,6 +554,32 @@ class GraphAdapter:
             await builder.post(request_configuration=self._cfg())
         await self._call(client, "_subscriptions", op, "subscription reauthorize")
 
+    # tenants ---------------------------------------------------------------------------------------
+    async def tenant_id(self, client: str) -> str:
+        """The client's tenant as its GUID. A tenant configured by a verified domain (contoso.onmicrosoft.com,
+        which Entra accepts for tokens) is resolved once per worker from the `tid` of a token: Graph's
+        notifications carry the GUID, so clientStates are signed and verified with it."""
+        configured = self._clients.config(client).tenant_id.strip().lower()
+        if _GUID.match(configured):
+            return configured
+        if client not in self._tenant_ids:
+            from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+            try:
+                token = await self._clients.credential(client).get_token(self._clients.graph_scope())
+            except ServiceRequestError as exc:
+                raise self._clients.unreachable("entra", exc, "token request") from None
+            except ClientAuthenticationError as exc:
+                if _network_failure(exc):
+                    raise self._clients.unreachable("entra", exc, "token request") from None
+                raise _credential_error(client, exc) from None
+            tid = str(_jwt_claims(token.token).get("tid", "")).lower()
+            if not _GUID.match(tid):
+                raise PermanentError(f"the token of Graph client {client!r} names no tenant GUID (tid); configure "
+                                     "tenant_id as the tenant's GUID")
+            self._tenant_ids[client] = tid
+            log.info("graph.tenant-resolved client=%s tenant=%s", client, tid)
+        return self._tenant_ids[client]
+
     # validation (manage API) ------------------------------------------------------------------
     async def token_claims(self, client: str) -> dict[str, Any]:
         """Acquire a token with a fresh credential (no cache) and return its claims (roles...).
@@ -522,17 +590,12 @@ class GraphAdapter:
         try:
             token = await cred.get_token(self._clients.graph_scope())
         except ServiceRequestError as exc:
-            untrusted = tls.certificate_problem(exc)
-            if untrusted:
-                raise self._clients.untrusted("Entra ID", untrusted) from None
-            raise
+            raise self._clients.unreachable("entra", exc, "token request") from None
         except ClientAuthenticationError as exc:
             text = str(getattr(exc, "message", None) or exc)
-            match = re.search(r"AADSTS(\d+)", text)
-            error = CredentialError(f"Graph client {client!r} could not get a token: "
-                                    f"{'AADSTS' + match.group(1) if match else 'token request failed'}")
-            error.code = match.group(1) if match else ""
-            raise error from None
+            if "AADSTS" not in text and _network_failure(exc):
+                raise self._clients.unreachable("entra", exc, "token request") from None
+            raise _credential_error(client, exc) from None
         except PermanentError as exc:  # e.g. the secret setting or the token file is missing
             error = CredentialError(str(exc))
             error.code = "config"
@@ -555,6 +618,45 @@ class GraphAdapter:
         doc = await self._get_json(client, graph_user, info, "mailbox probe")
         return str(doc.get("id", ""))
 
+    async def get_folder(self, client: str, graph_user: str, folder: str) -> dict[str, Any]:
+        """One mail folder by id or well-known name ({id, displayName}); MailNotFound when the
+        mailbox has none by that id or name."""
+        from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+            MailFolderItemRequestBuilder,
+        )
+        query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(
+            select=["id", "displayName", "parentFolderId"])
+        info = self._clients.client(client).users.by_user_id(graph_user).mail_folders.by_mail_folder_id(
+            folder).to_get_request_information(self._cfg(query))
+        return await self._get_json(client, graph_user, info, "folder get")
+
+    async def list_folders(self, client: str, graph_user: str, limit: int = 500) -> list[dict[str, Any]]:
+        """The mailbox's mail folders, breadth first, with their paths from the top of the
+        mailbox ('Inbox/Processed'): [{id, path, display_name}], at most `limit` of them."""
+        from msgraph.generated.users.item.mail_folders.mail_folders_request_builder import (
+            MailFoldersRequestBuilder,
+        )
+        user = self._clients.client(client).users.by_user_id(graph_user)
+        query = MailFoldersRequestBuilder.MailFoldersRequestBuilderGetQueryParameters(
+            select=["id", "displayName", "childFolderCount"], top=100)
+        out: list[dict[str, Any]] = []
+        todo: list[tuple[str, Any]] = [("", user.mail_folders)]
+        while todo and len(out) < limit:
+            prefix, builder = todo.pop(0)
+            info = builder.to_get_request_information(self._cfg(query))
+            while len(out) < limit:
+                doc = await self._get_json(client, graph_user, info, "folder list")
+                for f in doc.get("value") or ():
+                    path = f"{prefix}/{f.get('displayName', '')}" if prefix else str(f.get("displayName", ""))
+                    out.append({"id": f.get("id", ""), "path": path, "display_name": f.get("displayName", "")})
+                    if f.get("childFolderCount"):
+                        todo.append((path, user.mail_folders.by_mail_folder_id(f["id"]).child_folders))
+                next_link = doc.get("@odata.nextLink")
+                if not next_link:
+                    break
+                info = builder.with_url(next_link).to_get_request_information(self._cfg())
+        return out[:limit]
+
     async def resolve_user(self, client: str, address: str) -> str | None:
         from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
         query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id"])
@@ -564,6 +666,35 @@ class GraphAdapter:
         except GraphAccessDenied:
             return None
         return str(doc.get("id") or "") or None
+
+
+def _credential_error(client: str, exc: BaseException) -> CredentialError:
+    """A token request Entra refused, with its AADSTS code (an unknown tenant makes MSAL fail on the
+    authority's configuration before any AADSTS code: 90002)."""
+    text = str(getattr(exc, "message", None) or exc)
+    match = re.search(r"AADSTS(\d+)", text)
+    code = match.group(1) if match else ("90002" if "authority configuration" in text else "")
+    error = CredentialError(f"Graph client {client!r} could not get a token: "
+                            f"{'AADSTS' + code if code else 'token request failed'}"
+                            f"{' (unknown tenant: check tenant_id in GRAPH_CLIENTS)' if code == '90002' else ''}")
+    error.code = code
+    return error
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """A ClientAuthenticationError that only wraps a failure to reach the authority (some credential
+    kinds wrap connection errors instead of raising ServiceRequestError)."""
+    from azure.core.exceptions import ServiceRequestError
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(seen) < 10:
+        seen.append(cur)
+        if isinstance(cur, (ServiceRequestError, ConnectionError, TimeoutError, OSError)):
+            return True
+        cur = cur.__cause__ or cur.__context__ or getattr(cur, "inner_exception", None)
+        if any(cur is s for s in seen):
+            break
+    return False
 
 
 def _jwt_claims(token: str) -> dict[str, Any]:

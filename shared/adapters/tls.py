@@ -6,9 +6,9 @@ Lime CRM, TRAML, msgraph-sdk) get `ssl_context()`; azure-identity takes only a f
 trust nothing but that file, so it gets `combined_bundle()`, a file holding the default store and
 the bundle.
 
-A server whose certificate is not trusted fails with `CertificateUntrusted`, a TransientError (the
-setting can be fixed while the mail waits for its retries and the sweep) whose message names the
-service, the server and OUTBOUND_CA_BUNDLE. Settings.from_env reports a missing, unreadable or
+A server whose certificate is not trusted fails with `CertificateUntrusted` (reason `tls_untrusted`),
+a TransientError (the setting can be fixed while the mail waits for its retries and the sweep) whose
+message names the service, the server and OUTBOUND_CA_BUNDLE. Settings.from_env reports a missing, unreadable or
 non-PEM bundle at startup.
 """
 from __future__ import annotations
@@ -22,15 +22,15 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from ..config import ConfigError, ca_bundle_problem
-from ..domain.errors import TransientError
+from ..domain.errors import Unavailable
 
 _lock = threading.Lock()
 
 
-class CertificateUntrusted(TransientError):
+class CertificateUntrusted(Unavailable):
     """The server's TLS certificate failed verification (not retried inside the call)."""
 
-    reason = "certificate_untrusted"
+    kind = "bad_gateway"
 
 
 @lru_cache(maxsize=8)
@@ -105,7 +105,8 @@ def untrusted(service: str, url: str, detail: str, ca_bundle: str = "") -> Certi
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
     hint = (f"OUTBOUND_CA_BUNDLE ({ca_bundle}) does not hold the CA that signed it" if ca_bundle else
-            "if it uses a private or self-signed CA, ship that CA's certificate (PEM) with the app and set "
-            "OUTBOUND_CA_BUNDLE to the file's path")
+            "if it uses a private or self-signed CA (or a proxy inspects TLS), ship that CA's certificate (PEM) "
+            "with the app and set OUTBOUND_CA_BUNDLE to the file's path")
     return CertificateUntrusted(f"{service} at {origin}: the server's TLS certificate is not trusted "
-                                f"({detail}); {hint}")
+                                f"({detail}); {hint}", "tls_untrusted", service=service,
+                                host=parts.hostname or origin, fix=hint, detail={"verify": detail})

@@ -28,15 +28,16 @@ import logging
 import random
 import time
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from . import tls
+from .errors import unreachable
 from .http_util import parse_retry_after
 from .. import telemetry
 from ..config import Settings
-from ..domain.errors import PermanentError, TransientError
+from ..domain.errors import PermanentError, TransientError, Unavailable
 from ..services.autoreply import DeliveryUnknown, MailRejected, TemplateMail, TemplateNotFound, redact
 
 log = logging.getLogger("inbox.traml")
@@ -151,12 +152,11 @@ class TramlClient:
                 response = await request(method, path, json=json)
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check TRAML_BASE_URL") from None
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                untrusted = tls.certificate_problem(exc)
-                if untrusted:  # never reached TRAML; retrying cannot help until OUTBOUND_CA_BUNDLE is fixed
-                    raise tls.untrusted("TRAML", self._base, untrusted, self._ca_bundle) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+                error: TransientError = unreachable("traml", self._base, exc, self._ca_bundle, what)
+                if error.reason in ("tls_untrusted", "proxy_failed"):
+                    raise error from None  # never reached TRAML; retrying cannot help until a setting is fixed
                 # Never reached TRAML: safe to retry even a send.
-                error: TransientError = TransientError(f"{what}: unreachable ({type(exc).__name__})")
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections
                 if once:
                     raise DeliveryUnknown(f"{what}: no answer ({type(exc).__name__})") from None
@@ -176,8 +176,9 @@ class TramlClient:
                     raise DeliveryUnknown(f"{what}: {status} from the gateway; the mail may be queued")
                 message, details = _error_parts(response)
                 if status == 429 or status >= 500:
-                    error = TransientError(f"{what}: {status} {message[:200]}",
-                                           retry_after=_retry_after(response.headers.get("Retry-After")))
+                    error = Unavailable(f"{what}: {status} {message[:200]}", "traml_unavailable", service="TRAML",
+                                        host=urlsplit(self._base).hostname or "", detail={"status": status},
+                                        retry_after=_retry_after(response.headers.get("Retry-After")))
                 elif status in (401, 403):
                     raise MailRejected(status, f"TRAML refused the API key or its rights: {message}", details)
                 else:

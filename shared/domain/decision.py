@@ -46,7 +46,7 @@ class Decision:
     mailbox: str  # the monitored mailbox that received the mail (its address)
     mailbox_id: str
     automated: str = ""  # why the mail counts as automatic (auto-reply, bulk...), '' for human mail
-    threaded_by: str = ""  # how `ticket` was found: references | subject-tag | ''
+    threaded_by: str = ""  # how `ticket` was found: references | subject-tag | bounce-original | ''
     person_id: str = ""  # the sender's person in the CRM ('' until it is created for a new sender)
     company_id: str = ""
     sender_level: str = ""  # the sender_id_behaviour level that matched the company (a..e) or ''

@@ -20,6 +20,10 @@ MESSAGE_SELECT = (
     "internetMessageHeaders", "categories",
 )
 ATTACHMENT_SELECT = ("id", "name", "contentType", "size", "isInline")
+# Graph's message resource has no size: the store's (PidTagMessageSize, MAPI property 0x0E08) comes
+# as an extended property, expanded with the message when the mailbox keeps the original .eml.
+MESSAGE_SIZE_PROPERTY = "Integer 0x0E08"
+MESSAGE_SIZE_EXPAND = f"singleValueExtendedProperties($filter=id eq '{MESSAGE_SIZE_PROPERTY}')"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class InboundMail:
     categories: tuple[str, ...] = ()
     custom: dict[str, Any] = field(default_factory=dict)
     odata_type: str = ""  # "#microsoft.graph.eventMessage" for meeting requests and responses
+    size: int = 0  # the store's size of the whole mail (PidTagMessageSize) when it was asked for, else 0
 
     def headers_named(self, name: str) -> tuple[str, ...]:
         lname = name.lower()
@@ -176,6 +181,7 @@ class InboundMail:
             categories=tuple(doc.get("categories") or ()),
             custom={k: doc.get(k) for k in custom_select if k in doc},
             odata_type=str(doc.get("@odata.type") or ""),
+            size=_message_size(doc.get("singleValueExtendedProperties")),
         )
 
 
@@ -193,6 +199,21 @@ def _without_surrogates(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_surrogates(v) for v in value]
     return value
+
+
+def _message_size(props: Any) -> int:
+    """PidTagMessageSize from the expanded extended properties (Graph answers the id in its own
+    spelling, e.g. "Integer 0xe08"); 0 when absent or unreadable."""
+    for prop in props if isinstance(props, list) else ():
+        if not isinstance(prop, dict):
+            continue
+        kind, _, tag = str(prop.get("id") or "").partition(" ")
+        try:
+            if kind.lower() == "integer" and int(tag, 16) == 0x0E08:
+                return max(0, int(prop.get("value") or 0))
+        except ValueError:
+            return 0
+    return 0
 
 
 def _address(data: Any) -> Address:

@@ -21,6 +21,12 @@ STEP_MAILBOX_ACTION = "mailbox_action"
 ACTION_DELETE = "delete"
 ACTION_MOVE = "move"
 
+# A mailbox's `store_original`: keep each mail's MIME (`$value`) as a .eml document on its ticket
+# (besides its attachments) or not. The one list the manage API's validator and options use.
+STORE_ORIGINAL_NONE = "none"
+STORE_ORIGINAL_EML = "eml"
+STORE_ORIGINAL_MODES = (STORE_ORIGINAL_NONE, STORE_ORIGINAL_EML)
+
 
 @dataclass
 class AutoreplySettings:
@@ -47,6 +53,7 @@ class Mailbox:
     closed_ticket_policy: str = "reopen"  # reopen | new | new_after_days
     closed_ticket_days: int = 0
     sender_id_behaviour: str = "PersonEmailDomain"
+    store_original: str = STORE_ORIGINAL_NONE  # STORE_ORIGINAL_MODES
     created_at: datetime | None = None
     warnings: list[str] = field(default_factory=list)
     etag: str = ""

@@ -1,7 +1,10 @@
 """Conversation rules: which key a new ticket is created under, and what a follow-up to a closed
 ticket does. Pure: no I/O.
 
-Threading order (the lookups are in shared/services/mail_to_crm.py):
+Threading order (the lookups are in shared/services/mail_to_crm.py and, for delivery reports,
+shared/services/delivery_reports.py):
+  0. a bounce or delivery report: the Message-ID, In-Reply-To and References of the original it carries
+     (domain/reports.py), exempt from the party check (party_check_applies);
   1. In-Reply-To / References against the Message-IDs stored for tickets' mails;
   2. the subject tag `Title [1042]`, only for an existing ticket and a sender who is its contact;
   3. otherwise a new ticket. Graph's conversationId is never used (it collides across unrelated
@@ -22,6 +25,19 @@ from datetime import datetime, timedelta, timezone
 
 from .mail import InboundMail
 from .model import TicketRef
+
+# How a mail found its ticket (mail_to_crm.ThreadMatch.how; the plan's and the Decision's threaded_by).
+BY_REFERENCES = "references"
+BY_SUBJECT_TAG = "subject-tag"
+BY_BOUNCE_ORIGINAL = "bounce-original"  # a delivery report, through the original it carries
+
+
+def party_check_applies(how: str) -> bool:
+    """design.md "Threading parties": a References or subject-tag match lands on a ticket only for a
+    party to it. A delivery report's match through the original it carries is exempt: its sender is a
+    mail server, never a party (services/delivery_reports.py reads the original only for such mail)."""
+    return how in (BY_REFERENCES, BY_SUBJECT_TAG)
+
 
 REOPEN = "reopen"
 NEW = "new"

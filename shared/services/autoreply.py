@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from ..config import QUEUE_AUTOREPLIES, SETTINGS, ConfigError, Settings
 from ..domain.envelope import AutoreplyJob, with_attempt
-from ..domain.errors import InboxError, PermanentError, TransientError
+from ..domain.errors import InboxError, PermanentError, Refusal, TransientError
 from ..domain.model import HistoryDraft, LedgerEntry, Mailbox
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry
 
@@ -97,12 +97,22 @@ class ClaimConflict(TransientError):
     """Another worker wrote the claim row in between (ETag mismatch)."""
 
 
-class AutoreplyNotFound(LookupError):
-    """No autoreply is recorded for that ticket."""
+class AutoreplyNotFound(Refusal, LookupError):
+    """No autoreply is recorded for that ticket (404)."""
+
+    kind, reason = "not_found", "not_found"
 
 
-class ResendRefused(ValueError):
-    """The autoreply is in a state that cannot be resent (already sent, or being sent)."""
+class ResendRefused(Refusal, ValueError):
+    """The autoreply is in a state that cannot be resent (already sent, or being sent): 409."""
+
+    kind, reason = "conflict", "resend_refused"
+
+
+class AutoreplyListError(Refusal, ValueError):
+    """A bad autoreply list request (400)."""
+
+    kind, reason = "bad_request", "invalid_parameter"
 
 
 # ---- ports ----------------------------------------------------------------------------------------
@@ -642,7 +652,7 @@ class AutoreplyService:
     # manage API -------------------------------------------------------------------------------
     async def list_autoreplies(self, status: str, limit: int = 100) -> list[dict[str, Any]]:
         if status not in LISTABLE:
-            raise ValueError(f"status must be one of {', '.join(LISTABLE)}")
+            raise AutoreplyListError(f"'status' must be one of {', '.join(LISTABLE)}", field="status")
         return [r.view() for r in await self.d.store.list(status, max(1, min(limit, 500)))]
 
     async def resend(self, ticket_id: str) -> dict[str, Any]:

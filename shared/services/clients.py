@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import MailNotFound, PermanentError, TransientError
+from ..domain.errors import MailNotFound, PermanentError, Refusal, TransientError
 from ..domain.model import Mailbox
 from ..ports import Clock, MailboxRegistry
 
@@ -40,8 +40,10 @@ AADSTS_REASONS = {
 }
 
 
-class ClientNotFound(PermanentError):
-    pass
+class ClientNotFound(Refusal, PermanentError):
+    """No Graph client (or mailbox) by that name (404)."""
+
+    kind, reason = "not_found", "not_found"
 
 
 def secret_expiry(expires: str, now: datetime) -> dict[str, Any] | None:
@@ -51,19 +53,25 @@ def secret_expiry(expires: str, now: datetime) -> dict[str, Any] | None:
     try:
         when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
     except ValueError:
-        return {"level": "error", "message": f"secret_expires {expires!r} is not an ISO 8601 date"}
+        return {"reason": "secret_expiry_invalid", "level": "error",
+                "message": f"secret_expires {expires!r} is not an ISO 8601 date"}
     if when.tzinfo is None:
         when = when.replace(tzinfo=now.tzinfo)
     left = when - now
     if left <= timedelta(0):
-        return {"level": "error", "expires": when.isoformat(),
+        return {"reason": "secret_expired", "level": "error", "expires": when.isoformat(),
                 "message": f"the client secret expired {-left.days} day(s) ago: create a new one, or move to a "
                            "federated credential (managed identity) that has nothing to expire"}
     if left <= SECRET_WARNING:
-        return {"level": "warning", "expires": when.isoformat(),
+        return {"reason": "secret_expiring", "level": "warning", "expires": when.isoformat(),
                 "message": f"the client secret expires in {left.days} day(s): create a new one and update the "
                            "Key Vault secret, or move to a federated credential"}
     return None
+
+
+def _where(exc: BaseException) -> dict[str, str]:
+    """The host and fix a dependency failure names (shared/adapters/errors.py), for a failing check."""
+    return {k: v for k in ("host", "fix") if (v := getattr(exc, k, ""))}
 
 
 class ClientService:
@@ -130,7 +138,9 @@ class ClientService:
             cfg = self.clients[name]
             expiry = secret_expiry(cfg.secret_expires, self.clock.now()) if cfg.credential == "secret" else None
             if expiry:
-                out.append({"client": name, **expiry})
+                out.append({"client": name, **expiry,
+                            "fix": "create a new client secret and update its setting (Key Vault), or move to "
+                                   "a federated credential (managed_identity)"})
         return out
 
     async def validate(self, name: str, mailbox: str | None = None) -> dict[str, Any]:
@@ -150,7 +160,8 @@ class ClientService:
         except TransientError as exc:
             code = getattr(exc, "code", None)
             if code is None:  # not a credential problem: Entra or the network is down, or its certificate
-                return self._finish(fail("token", getattr(exc, "reason", "") or "graph_unavailable", str(exc)))
+                return self._finish(fail("token", getattr(exc, "reason", "") or "graph_unavailable", str(exc),
+                                         **_where(exc)))
             reason = "secret_missing" if code == "config" else AADSTS_REASONS.get(code, "token_failed")
             return self._finish(fail("token", reason, str(exc)))
         checks.append({"check": "token", "ok": True})
@@ -170,7 +181,8 @@ class ClientService:
             except MailNotFound:
                 fail("mailbox", "mailbox_not_found", "Graph knows no such mailbox", mailbox=target_id)
             except TransientError as exc:
-                fail("mailbox", "graph_unavailable", str(exc), mailbox=target_id)
+                fail("mailbox", getattr(exc, "reason", "") or "graph_unavailable", str(exc), mailbox=target_id,
+                     **_where(exc))
             except PermanentError as exc:
                 text = str(exc)
                 reason = "mailbox_unreachable" if ("AccessPolicy" in text or "RAOP" in text

@@ -78,7 +78,7 @@ async def identify_sender(crm: CrmGateway, address: str, name: str, behaviour: s
 @dataclass(frozen=True)
 class ThreadMatch:
     ticket: TicketRef | None
-    how: str = ""  # references | subject-tag | ''
+    how: str = ""  # references | subject-tag | bounce-original (services/delivery_reports.py) | ''
     refused_tags: tuple[str, ...] = ()  # tags of existing tickets the sender is no party to
     tags_seen: tuple[str, ...] = ()  # tags that name existing tickets (stripped from a new title)
     refused: TicketRef | None = None  # the ticket the headers named, whose party the sender is not

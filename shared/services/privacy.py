@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import PermanentError
+from ..domain.errors import PermanentError, Refusal
 from ..ports import Clock
 
 log = logging.getLogger("inbox.privacy")
@@ -31,8 +31,10 @@ NOT_OURS = ("the CRM's persons, companies, tickets, history notes and documents:
             "mail still in the monitored mailboxes (Failed or unprocessed mail): delete it in Exchange")
 
 
-class PrivacyRequestError(PermanentError):
+class PrivacyRequestError(Refusal, PermanentError):
     """A bad erase request (400)."""
+
+    kind, reason = "bad_request", "bad_request"
 
 
 def address_hash(address: str) -> str:

@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable
 from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
 from ..domain import decision as dec
-from ..domain import matching, policy
+from ..domain import mailbox_rules, policy
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
@@ -43,8 +43,10 @@ from ..domain.model import (
     ACTION_MOVE, FAILED, PROCESSED, SKIPPED, STEP_AUTOREPLY_QUEUED, STEP_CRM, STEP_FETCHED, STEP_MAILBOX_ACTION,
     DocumentDraft, HistoryDraft, LedgerEntry, Mailbox, TicketDraft, TicketRef,
 )
+from ..domain.reports import DeliveryReport, unthreaded_reason
 from ..ports import Clock, CrmGateway, JobQueue, Ledger, MailboxRegistry, MailGateway
-from .attachments import AttachmentResult, AttachmentRules, AttachmentStore
+from .attachments import REPORT_PART, AttachmentResult, AttachmentRules, AttachmentStore
+from .delivery_reports import find_report_thread, read_report
 from .extension import Extension, run_extension
 from .failures import clear_failed_category
 from .mail_to_crm import Sender, find_thread, identify_sender, same_organisation, sender_from_ticket
@@ -192,19 +194,19 @@ class MessageProcessor:
         """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored (the
         step is recorded on `entry`, which the caller saves with the autoreply job).
 
-        Order: classify -> thread (References, then subject tag, each only for a party to the
-        ticket) and identify the sender (lookups only; not even those when the ticket's own person
-        writes again) -> skip automated mail that belongs to no ticket -> the decision (default
-        policy, then the processing extension) recorded on the ledger as the plan -> person ->
-        ticket (new, successor of a closed one, or existing) -> reopen -> Message-IDs and parties ->
-        attachments -> overflow documents -> history note. The CRM sees the writes as one scope
-        (`mail_writes`, where it has it: Lime records them together, crm_lime/creates.py); a retry
-        carries out the same plan, and every create is idempotent by its key."""
+        Order: classify -> thread (a delivery report through the original it carries, then
+        References, then subject tag, each of the last two only for a party to the ticket) and
+        identify the sender (lookups only; not even those when the ticket's own person writes
+        again) -> skip automated mail that belongs to no ticket -> the decision (default policy,
+        then the processing extension) as the plan -> person -> ticket (new, successor of a closed
+        one, or existing) -> reopen -> Message-IDs and parties -> attachments -> the original .eml
+        (store_original) -> overflow documents -> history note. The CRM sees the writes as one
+        scope (`mail_writes`, where it has it: Lime records them together, crm_lime/creates.py); a
+        retry carries out the same plan, and every create is idempotent by its key."""
         d = self.d
-        try:
-            matching.levels(mailbox.sender_id_behaviour)
-            conv.check_policy(mailbox.closed_ticket_policy or conv.REOPEN, mailbox.closed_ticket_days)
-        except ValueError as exc:
+        try:  # the manage API refuses to save these; a row written before it did still stops here
+            mailbox_rules.check_processable(mailbox)
+        except mailbox_rules.MailboxRuleError as exc:
             raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
         writes = getattr(d.crm, "mail_writes", None)
         key = mail.idempotency_key()
@@ -218,7 +220,7 @@ class MessageProcessor:
         d = self.d
         rules = d.rules
         own = await d.own_addresses() if d.own_addresses else frozenset()
-        verdict = policy.classify(mail, own)
+        verdict = policy.classify(mail, own, rules.own_message_id_hosts)
         entry.data["key"] = key
         if verdict.automated:
             entry.data["automated"] = verdict.reason
@@ -233,7 +235,8 @@ class MessageProcessor:
             if not plan:  # a retry after the decision finishes it: the extension is not asked again
                 decided = await self._decide(mail, mailbox, entry, job, verdict)
                 if decided is None:
-                    return f"automated mail ({verdict.reason}) that belongs to no ticket"
+                    report = entry.data.get("report")
+                    return unthreaded_reason(verdict.reason, DeliveryReport.from_summary(report) if report else None)
                 plan, matched = decided
             if plan["action"] == dec.SKIP:
                 return plan["skip_reason"]
@@ -252,21 +255,24 @@ class MessageProcessor:
         if (mids or mail.recipients) and not (action in CREATED and entry.data.get("reserved_number")):
             await d.crm.add_message_ids(ticket.id, mids, parties=_parties_of(mail))
 
-        results = await AttachmentStore(d.mail, d.crm, AttachmentRules(
-            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline)).store(mailbox, mail, ticket.id, key)
+        documents = AttachmentStore(d.mail, d.crm, AttachmentRules(
+            max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline))
+        results = await documents.store(mailbox, mail, ticket.id, key, report_parts=verdict.delivery_report)
+        # the mail's MIME as a .eml, per the mailbox's store_original (a retry asks the CRM first)
+        original = await documents.store_original(mailbox, mail, ticket.id, key, resumed=entry.attempts > 1)
         url_of = getattr(d.crm, "document_url", None)
         cid_map = {r.content_id: url_of(r.document_id) for r in results
                    if url_of and r.status == "stored" and r.content_id}
-        header = [] if not verdict.automated else [
-            "Sent from one of our own mailboxes: the ticket's status was left as it was." if verdict.kind == policy.OWN
-            else f"Automatic message ({verdict.reason}): the ticket's status was left as it was."]
+        report = entry.data.get("report")
+        header = policy.automated_note_lines(
+            verdict, DeliveryReport.from_summary(report).note_lines() if report else ())
         refused = plan.get("refused_thread") or {}
         if refused and action in CREATED:
             header.append(f"This mail replies to ticket {refused.get('ticket')}, but its sender is not a party to "
                           "that ticket (its person, a person of its company, or on To/Cc of its mails): it opened "
                           "this ticket instead.")
         note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
-                                  _skipped_lines(results))
+                                  _skipped_lines(results) + (original.note_lines() if original else []))
         extra_documents: list[str] = []
         if note.truncated:
             extra_documents.append(await d.crm.add_document(DocumentDraft(
@@ -297,6 +303,8 @@ class MessageProcessor:
                           history_id=history_id, documents=extra_documents)
         if len(results) > LEDGER_ATTACHMENTS_MAX:
             entry.data["attachments_more"] = len(results) - LEDGER_ATTACHMENTS_MAX
+        if original is not None:
+            entry.data["original"] = original.summary()
         entry.data["autoreply"] = bool(
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)
@@ -321,8 +329,19 @@ class MessageProcessor:
                                                    d.rules.free_mail_domains) if address else Sender("", "", "", ""))
             return known[0]
 
-        match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject),
-                                  trusted=verdict.kind == policy.OWN, free_mail=d.rules.free_mail_domains)
+        match = None
+        if verdict.delivery_report:  # through the original it carries (one more Graph request, this mail only)
+            report = await read_report(d.mail, mailbox, mail)
+            entry.data["report"] = report.summary()
+            match = await find_report_thread(d.crm, report)
+            log.info("process.report correlation=%s message=%s outcome=%s original=%s ticket=%s", job.correlation_id,
+                     job.message_id, report.outcome, report.source or "none",
+                     match.ticket.number if match.ticket else "-")
+        if match is None or match.ticket is None:
+            # a bounce's own headers are not subject to the parties check only when they thread it
+            # through the original (how="bounce-original"); otherwise the parties decide as for any mail
+            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject),
+                                      trusted=verdict.kind == policy.OWN, free_mail=d.rules.free_mail_domains)
         if match.refused_tags:
             entry.data["refused_tags"] = list(match.refused_tags)
             log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
@@ -363,7 +382,7 @@ class MessageProcessor:
         _trace(entry, d.clock, "decided", action=outcome.action, ticket=plan["ticket"], by=plan["decided_by"],
                **({"default": decision.action} if outcome.action != decision.action else {}),
                **({"reason": outcome.skip_reason} if outcome.skip_reason else {}))
-        if d.extension is not None or mail.thread_refs or policy.ticket_tags(mail.subject):
+        if d.extension is not None or verdict.delivery_report or mail.thread_refs or policy.ticket_tags(mail.subject):
             await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
         # else a retry decides the same again: no extension to ask twice, and nothing in the mail
         # names a ticket (a ticket this attempt created could not change the answer); the plan is
@@ -551,7 +570,8 @@ def _skipped_lines(results: list[AttachmentResult]) -> list[str]:
     """Note lines for attachments the agent should know are missing (not inline parts the body
     does not show: those are signatures and spacers)."""
     return [f"Attachment not stored: {r.name} ({r.reason})" for r in results
-            if r.status == "skipped" and not (r.inline and r.reason.startswith("inline part"))][:20]
+            if r.status == "skipped" and not (r.inline and r.reason.startswith("inline part"))
+            and r.reason != REPORT_PART][:20]
 
 
 def received_before(mail_time: datetime, now: datetime, seconds: int) -> bool:

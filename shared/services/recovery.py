@@ -26,12 +26,12 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..config import QUEUE_MESSAGES
 from ..domain.envelope import READABLE_VERSIONS, MessageJob, new_correlation_id
-from ..domain.errors import LeaseHeld, MalformedEnvelope, PermanentError, TransientError
+from ..domain.errors import LeaseHeld, MalformedEnvelope, PermanentError, Refusal, TransientError
 from ..domain.model import FAILED, FINISHED, PROCESSING, LedgerEntry, Mailbox
 from ..ports import Clock, JobQueue, MailboxRegistry
 from .sweep import SweepDeps, enqueue_unprocessed, scan_unprocessed, start_of
@@ -46,12 +46,16 @@ PENDING = ("queued", "processing")
 _INVERT = 10 ** 13
 
 
-class RecoveryRequestError(PermanentError):
+class RecoveryRequestError(Refusal, PermanentError):
     """A recovery request the API refuses (400): the message says what to fix."""
 
+    kind, reason = "bad_request", "bad_request"
 
-class RecoveryNotFound(PermanentError):
+
+class RecoveryNotFound(Refusal, PermanentError):
     """No such mailbox or task (404)."""
+
+    kind, reason = "not_found", "not_found"
 
 
 @dataclass(frozen=True)
@@ -137,17 +141,28 @@ def new_task_id(now: datetime) -> str:
     return f"r{_INVERT - millis:013d}-{uuid.uuid4().hex[:8]}"
 
 
-def parse_since(value: Any) -> datetime | None:
-    """ISO 8601 date or date-time; a date means its midnight UTC, a naive time is UTC."""
+SINCE_SKEW = timedelta(minutes=5)  # clocks disagree a little; a 'since' further ahead is a mistake
+
+
+def parse_since(value: Any, now: datetime | None = None) -> datetime | None:
+    """ISO 8601 date or date-time; a date means its midnight UTC, a naive time is UTC. With `now`,
+    a time in the future is refused (it would silently select nothing)."""
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise RecoveryRequestError("'since' must be an ISO 8601 date or date-time string")
+        raise RecoveryRequestError("'since' must be an ISO 8601 date or date-time string", field="since")
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise RecoveryRequestError("'since' must be an ISO 8601 date or date-time, e.g. 2026-11-01") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        raise RecoveryRequestError("'since' must be an ISO 8601 date or date-time, e.g. 2026-11-01",
+                                   field="since") from None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if now is not None and when > now + SINCE_SKEW:
+        raise RecoveryRequestError(f"'since' ({when.isoformat()}) is in the future, so it would select no mail: "
+                                   f"give a time before now ({now.isoformat(timespec='seconds')})",
+                                   "since_in_future", field="since", kind="invalid",
+                                   detail={"now": now.isoformat()})
+    return when
 
 
 def outcome_of(row: LedgerEntry | None, correlation_id: str, now: datetime) -> tuple[str, str]:
@@ -187,7 +202,7 @@ class RecoveryService:
             wanted = ref.lower()
             box = next((b for b in await self.d.registry.list() if b.address.lower() == wanted), None)
         if box is None:
-            raise RecoveryNotFound(f"no mailbox {ref!r} is registered")
+            raise RecoveryNotFound(f"no mailbox {ref!r} is registered", field="mailbox")
         return box
 
     # the API ------------------------------------------------------------------------------------
@@ -196,19 +211,21 @@ class RecoveryService:
             raise RecoveryRequestError("body must be a JSON object {status, mailbox?, since?, ids?}")
         unknown = set(doc) - {"status", "mailbox", "since", "ids"}
         if unknown:
-            raise RecoveryRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise RecoveryRequestError(f"unknown field(s): {', '.join(sorted(unknown))}; allowed: status, mailbox, "
+                                       "since, ids", "unknown_field", field=sorted(unknown)[0])
         kind = str(doc.get("status") or "")
         if kind not in RECOVERABLE:
-            raise RecoveryRequestError("'status' must be 'failed' or 'unprocessed'")
-        since = parse_since(doc.get("since"))
+            raise RecoveryRequestError("'status' must be 'failed' or 'unprocessed'", field="status",
+                                       detail={"allowed": list(RECOVERABLE)})
+        since = parse_since(doc.get("since"), self.d.clock.now())
         ids = doc.get("ids") or []
         if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 512 for i in ids):
-            raise RecoveryRequestError("'ids' must be a list of message ids")
+            raise RecoveryRequestError("'ids' must be a list of message ids", field="ids")
         if len(ids) > MAX_IDS:
             raise RecoveryRequestError(f"at most {MAX_IDS} ids per task; use 'since' for more")
         mailbox_ref = doc.get("mailbox")
         if mailbox_ref is not None and not isinstance(mailbox_ref, str):
-            raise RecoveryRequestError("'mailbox' must be a mailbox id or address")
+            raise RecoveryRequestError("'mailbox' must be a mailbox id or address", field="mailbox")
         if ids and not mailbox_ref:
             raise RecoveryRequestError("'ids' need the 'mailbox' they belong to")
         if mailbox_ref:

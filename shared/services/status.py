@@ -6,8 +6,10 @@ mails are Failed and unprocessed, when the last mail was processed, and the last
   status is not active (the subscriptions issue writes why in `last_error`), or one past its
   expiration. The sweep still finds its mail; the status says notifications are missing.
 - Active: otherwise.
-`warnings`: what will stop the service before it shows in those states, today a Graph client's
-secret that expires within 30 days (or has expired); any warning makes `healthy` false.
+`warnings`: what stops mail or autoreplies, or will: a Graph client's secret that expires within
+30 days (or has expired), and services/health.py's (no inbox, a misconfigured mailbox, autoreplies
+without TRAML or a known template, failed or uncertain autoreplies, placeholder secrets...); any
+warning makes `healthy` false. Each is {reason, level, message, fix?, mailbox?, client?}.
 Failed counts come from the `s-failed` index partition; unprocessed ones are counted live from the
 Inbox (see sweep.scan_unprocessed), up to COUNT_CAP per inbox (`unprocessed_more` says there are
 more). Performs I/O only through the ports.
@@ -18,9 +20,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from ..domain.errors import InboxError
+from ..domain.errors import InboxError, Refusal
 from ..domain.model import FAILED, Mailbox
 from ..ports import Clock, MailboxRegistry, MailGateway
 from .sweep import scan_unprocessed, start_of
@@ -43,6 +45,8 @@ class StatusDeps:
     sweep_state: Any = None  # SweepStateStore
     # the Graph clients' secret-expiry warnings (services/clients.ClientService.warnings)
     warnings: Callable[[], list[dict[str, Any]]] | None = None
+    # everything else that stops mail or autoreplies (services/health.py), given every mailbox
+    health: Callable[[list[Mailbox]], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,7 +73,7 @@ def inbox_state(mailbox: Mailbox, sub: Any, now: datetime) -> tuple[str, str]:
 async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_inactive: bool = False,
                        count_unprocessed: bool = True, concurrency: int = 4) -> dict[str, Any]:
     now = d.clock.now()
-    boxes = await d.registry.list()
+    boxes = all_boxes = await d.registry.list()
     if mailbox_ref:
         wanted = mailbox_ref.strip().lower()
         boxes = [b for b in boxes if b.id.lower() == wanted or b.address.lower() == wanted]
@@ -112,6 +116,11 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
         "unprocessed": sum(i["unprocessed"] or 0 for i in inboxes),
     }
     warnings = d.warnings() if d.warnings is not None else []
+    if d.health is not None:
+        warnings = warnings + await d.health(all_boxes)
+    if mailbox_ref:  # one inbox's view: its own warnings and those of the whole service
+        shown = {b.address for b in boxes}
+        warnings = [w for w in warnings if not w.get("mailbox") or w["mailbox"] in shown]
     summary["warnings"] = len(warnings)
     summary["healthy"] = summary["expired"] == 0 and summary["failed"] == 0 and summary["unprocessed"] == 0 \
         and not warnings
@@ -123,8 +132,10 @@ LISTABLE = ("failed", "unprocessed", "skipped")
 MAX_LIST = 1000
 
 
-class ListRequestError(ValueError):
+class ListRequestError(Refusal, ValueError):
     """A bad list request (400)."""
+
+    kind, reason = "bad_request", "invalid_parameter"
 
 
 def _message_view(row: Any, mailbox: Mailbox | None, status: str) -> dict[str, Any]:
@@ -143,7 +154,8 @@ async def list_messages(d: StatusDeps, status: str, mailbox_ref: str | None = No
                         limit: int = 100) -> dict[str, Any]:
     """Failed, Skipped (from their index partitions) or unprocessed (from the Inboxes) mail."""
     if status not in LISTABLE:
-        raise ListRequestError("'status' must be one of failed, unprocessed, skipped")
+        raise ListRequestError(f"'status' must be one of {', '.join(LISTABLE)}, got {str(status)[:40]!r}",
+                               field="status", detail={"allowed": list(LISTABLE)})
     limit = max(1, min(limit, MAX_LIST))
     boxes = await d.registry.list()
     by_id = {b.id: b for b in boxes}
@@ -151,7 +163,8 @@ async def list_messages(d: StatusDeps, status: str, mailbox_ref: str | None = No
         wanted = mailbox_ref.strip().lower()
         boxes = [b for b in boxes if b.id.lower() == wanted or b.address.lower() == wanted]
         if not boxes:
-            raise ListRequestError(f"no mailbox {mailbox_ref!r} is registered")
+            raise ListRequestError(f"no mailbox {mailbox_ref!r} is registered (GET /api/manage/mailboxes lists them)",
+                                   "not_found", field="mailbox", kind="not_found")
     out: list[dict[str, Any]] = []
     more = False
     if status in ("failed", "skipped"):

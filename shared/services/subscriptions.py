@@ -203,12 +203,13 @@ class SubscriptionService:
 
     # one mailbox -------------------------------------------------------------------------------
     async def sync_mailbox(self, box: Mailbox, listed: dict[str, SubscriptionInfo] | None = None,
-                           reauthorize: bool = False, removed: str = "") -> MailboxOutcome:
+                           reauthorize: bool = False, removed: str = "", resign: str = "") -> MailboxOutcome:
         """Bring one mailbox's subscription to where it must be, under the mailbox's lease.
 
         listed: the client's subscriptions as Graph listed them at the start of a run (an id missing
         there is confirmed with a GET); reauthorize: answer a reauthorizationRequired event;
-        removed: a subscription id Graph told us it removed."""
+        removed: a subscription id Graph told us it removed; resign: why its clientState must be
+        signed again (recreated)."""
         d = self.d
         now = d.clock.now()
         owner = f"{d.worker_id}-{uuid.uuid4().hex[:8]}"
@@ -217,7 +218,7 @@ class SubscriptionService:
             log.info("subscription.busy mailbox=%s", box.id)
             return MailboxOutcome(box.id, BUSY, "another run holds this mailbox's lease")
         try:
-            outcome = await self._converge(box, rec, listed, reauthorize, removed)
+            outcome = await self._converge(box, rec, listed, reauthorize, removed, resign)
         except InboxError as exc:
             outcome = self._failed(box, rec, exc)
         except BaseException:
@@ -250,7 +251,7 @@ class SubscriptionService:
         return MailboxOutcome(box.id, FAILED, reason, rec.expiration, rec.subscription_id)
 
     async def _converge(self, box: Mailbox, rec: SubscriptionRecord, listed: dict[str, SubscriptionInfo] | None,
-                        reauthorize: bool, removed: str) -> MailboxOutcome:
+                        reauthorize: bool, removed: str, resign: str = "") -> MailboxOutcome:
         d = self.d
         if not box.active:
             await self._drop(rec)
@@ -268,6 +269,9 @@ class SubscriptionService:
             await self._drop(rec)
         elif rec.key_version != d.signer.current_version:
             why = f"clientState key v{rec.key_version} is not the current one"
+            await self._drop(rec)
+        elif resign:
+            why = resign
             await self._drop(rec)
         else:
             info = listed.get(rec.subscription_id) if listed is not None else None
@@ -392,9 +396,12 @@ class SubscriptionService:
                 outcomes = [await self._mark_expired(b, entry["error"]) for b in boxes]
             else:
                 sem = asyncio.Semaphore(SYNC_CONCURRENCY)
+                tenant = await self._tenant_guid(client) if listed is not None else ""
 
                 async def one(box: Mailbox) -> MailboxOutcome:
                     async with sem:
+                        if tenant and box.tenant_id.strip().lower() != tenant:
+                            return await self._resign(box, tenant, listed)
                         return await self.sync_mailbox(box, listed)
                 outcomes = list(await asyncio.gather(*(one(b) for b in boxes)))
                 if listed is not None:
@@ -414,6 +421,34 @@ class SubscriptionService:
                  client, trigger, len(boxes), ",".join(f"{k}:{v}" for k, v in sorted(entry["counts"].items())) or "-",
                  entry["orphans_deleted"], entry["ok"])
         return entry
+
+    async def _tenant_guid(self, client: str) -> str:
+        """The client's tenant GUID ('' when the gateway cannot tell: nothing is repaired then)."""
+        resolve = getattr(self.d.graph, "tenant_id", None)
+        if resolve is None:
+            return ""
+        try:
+            return (await resolve(client)).strip().lower()
+        except InboxError as exc:
+            log.warning("subscription.tenant-unknown client=%s reason=%s", client, describe_error(exc))
+            return ""
+
+    async def _resign(self, box: Mailbox, tenant: str, listed: dict[str, SubscriptionInfo] | None) -> MailboxOutcome:
+        """A mailbox saved with its tenant's domain (contoso.onmicrosoft.com): its subscription's
+        clientState was signed with the domain, Graph's notifications carry the GUID, so the webhook
+        drops them all. Recreate it signed with the GUID, then save the GUID on the mailbox (after the
+        recreate: a failure leaves the domain there, and the next sync tries again)."""
+        configured = box.tenant_id
+        box.tenant_id = tenant
+        outcome = await self.sync_mailbox(box, listed, resign=f"clientState was signed with tenant {configured!r}; "
+                                                              "Graph's notifications carry its GUID")
+        if outcome.action not in (FAILED, BUSY):
+            fresh = await self.d.registry.get(box.id)  # only the tenant changes: never undo an admin's edit
+            if fresh is not None and fresh.client == box.client and fresh.tenant_id.strip().lower() != tenant:
+                fresh.tenant_id = tenant
+                await self.d.registry.save(fresh)
+            log.info("subscription.tenant-repaired mailbox=%s client=%s", box.id, box.client)
+        return outcome
 
     async def _mark_expired(self, box: Mailbox, reason: str) -> MailboxOutcome:
         d = self.d

@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shared.domain import policy
+from shared.domain import policy, reports
 from shared.domain.errors import PermanentError
 from shared.domain.mail import InboundMail
 from tools.sim.mime2graph import mime_to_graph_message
@@ -56,7 +56,8 @@ graph_message = st.fixed_dictionaries({}, optional={
 def _use(mail: InboundMail) -> None:
     """What the processor derives from a parsed mail before it talks to anyone."""
     mail.idempotency_key()
-    verdict = policy.classify(mail, OWN)
+    verdict = policy.classify(mail, OWN, ("mta.traml.example",))
+    policy.automated_note_lines(verdict)
     policy.ticket_tags(mail.subject)
     policy.ticket_title(mail.subject, 128)
     policy.render_note(mail, "html", 4000)
@@ -78,6 +79,7 @@ def _parse(doc: Any) -> InboundMail | None:
 def test_any_bytes_as_mime_parse_or_are_refused_never_crash(raw: bytes):
     doc = mime_to_graph_message(raw)
     json.dumps(doc, ensure_ascii=False).encode("utf-8")  # the simulator can serve it, as Graph would
+    json.dumps(reports.parse_report(raw).summary(), ensure_ascii=False).encode("utf-8")
     mail = _parse(doc)
     if mail is not None:
         _use(mail)
@@ -99,6 +101,35 @@ MIME_PARTS = st.sampled_from([
 @given(st.lists(MIME_PARTS, max_size=25))
 def test_mime_shaped_garbage_parses_or_is_refused(parts: list[bytes]):
     test_any_bytes_as_mime_parse_or_are_refused_never_crash.hypothesis.inner_test(b"".join(parts))
+
+
+REPORT_PARTS = st.sampled_from([
+    b"From: MAILER-DAEMON@mx.example\r\n",
+    b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n",
+    b"Content-Type: multipart/mixed; boundary=b\r\n", b"--b\r\n", b"--b--\r\n", b"\r\n",
+    b"Content-Type: message/delivery-status\r\n", b"Content-Type: message/global-delivery-status\r\n",
+    b"Content-Type: message/rfc822\r\n", b"Content-Type: text/rfc822-headers\r\n",
+    b"Content-Type: message/global-headers\r\n", b"Content-Type: text/html\r\n",
+    b"Content-Transfer-Encoding: base64\r\n", b"Final-Recipient: rfc822; a@b\r\n", b"Final-Recipient: ;\r\n",
+    b"Action: failed\r\n", b"Action: \xff\r\n", b"Status: 5.1.1\r\n", b"Status: 4.4.7 (x)\r\n",
+    b"Diagnostic-Code: smtp; 550 5.1.1 no\r\n", b"X-Original-Message-ID: <o@x>\r\n", b"Message-ID: <m@x>\r\n",
+    b"In-Reply-To: <p@x>\r\n", b"References: <r1@x>\r\n <r2@x>\r\n", b"Subject: =?utf-8?b?w6XDpMO2?=\r\n",
+    b"<gone@partner.example>:\r\n", b"--- Below this line is a copy of the message.\r\n", b"\xc3\xa5\xff\x00",
+    b"<pre>Message-ID: &lt;q@x&gt;</pre>\r\n", b"X-Failed-Recipients: a@b, c@d\r\n",
+])
+
+
+@FUZZ
+@given(st.lists(REPORT_PARTS, max_size=40))
+def test_report_shaped_garbage_is_read_as_some_report_never_a_crash(parts: list[bytes]):
+    raw = b"".join(parts)
+    report = reports.parse_report(raw, truncated=True)
+    assert all(ref.startswith("<") and ref.endswith(">") for ref in report.original_refs)
+    assert report.outcome in (reports.FAILED, reports.DELAYED, reports.DELIVERED, reports.UNKNOWN)
+    json.dumps(report.summary(), ensure_ascii=False).encode("utf-8")  # storable on the ledger row
+    again = reports.DeliveryReport.from_summary(report.summary())
+    assert again.note_lines() == report.note_lines()
+    reports.unthreaded_reason("delivery report", report)
 
 
 @FUZZ

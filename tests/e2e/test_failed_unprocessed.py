@@ -20,6 +20,7 @@ from shared.domain.envelope import MessageJob
 from shared.domain.errors import TransientError
 from shared.services.failures import FAILED_CATEGORY
 from tests.support.stack import TENANT, Stack, make_mime
+from tools.sim.traml import DEMO_API_KEY, TramlSim
 
 MB_CRM = "crm-outage@contoso.example"
 MB_GRAPH = "graph-down@contoso.example"
@@ -55,8 +56,16 @@ def _ago(**kw: float) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    with Stack() as s:
+def traml():
+    sim = TramlSim().start()  # the backfill mailbox has autoreplies on: saving it asks TRAML for its template
+    sim.add_template("Thanks", "<p>Ticket $$helpdesknumber$$</p>", "Ticket $$helpdesknumber$$")
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(traml):
+    with Stack(extra_settings={"TRAML_BASE_URL": traml.url + traml.base_path, "TRAML_API_KEY": DEMO_API_KEY}) as s:
         for box in (MB_CRM, MB_GRAPH):
             s.add_mailbox(box)
         for box in (MB_LOST, MB_RACE):  # monitored since yesterday: mail of the last hour is theirs to sweep

@@ -79,3 +79,50 @@ def test_inline_images_are_documents_the_note_shows(stack):
     assert html.headers["content-disposition"].startswith("attachment")
     assert html.headers["x-content-type-options"] == "nosniff"
     assert stack.http.get("/api/manage/documents/do-missing").status_code == 404
+
+
+def test_a_mailbox_that_keeps_originals_offers_each_mail_as_eml_for_download(stack):
+    """store_original set over the manage API; the mail arrives as MIME through Graph's notification;
+    its .eml is in the ticket's documents with a url that downloads it as message/rfc822, exactly the
+    MIME Graph's `$value` served (Received, DKIM-Signature, Message-ID, every attachment); the GET
+    for it is the one Graph request the setting adds."""
+    import email
+    from email import policy as email_policy
+    address = "evidence@contoso.example"
+    box = stack.add_mailbox(address)
+    assert box["store_original"] == "none"
+    bad = stack.http.patch(f"/api/manage/mailboxes/{box['id']}", json={"store_original": "msg"})
+    assert bad.status_code == 422 and bad.json()["field"] == "store_original"  # a value the rules refuse
+    changed = stack.http.patch(f"/api/manage/mailboxes/{box['id']}", json={"store_original": "eml"})
+    assert changed.status_code == 200 and changed.json()["store_original"] == "eml"
+    assert stack.http.get(f"/api/manage/mailboxes/{box['id']}").json()["store_original"] == "eml"
+
+    photo, scan = m.blob(200_000, "e2e-photo"), m.blob(1_300_000, "e2e-scan")
+    raw = m.delivered(m.outlook(ANNA, address, "Damaged goods", "Photo and scan attached.",
+                                message_id=m.outlook_id("e2e/eml"), attachments=[
+                                    ("photo.jpg", "image/jpeg", photo), ("scan.pdf", "application/pdf", scan)]))
+    seq = stack.graph.requests.entries()[-1]["seq"]
+    message_id = stack.deliver(address, raw)
+
+    def finished():
+        row = stack.run(stack.services().ledger.get(box["id"], message_id))
+        return row if row and row.status in ("processed", "skipped", "failed") else None
+    row = stack.wait_until(finished, what="mail processed")
+    assert row.status == "processed" and row.data["original"]["status"] == "stored", (row.last_error, row.data)
+    docs = {d["filename"]: d for d in stack.ticket(row.data["ticket_number"])["documents"]}
+    eml = docs[row.data["original"]["filename"]]
+    assert eml["content_type"] == "message/rfc822" and eml["filename"].endswith("Damaged goods.eml")
+    assert {"photo.jpg", "scan.pdf"} <= set(docs)  # the attachments too, each its own document
+    got = stack.http.get(eml["url"])
+    assert got.status_code == 200 and got.headers["content-type"] == "message/rfc822"
+    assert got.headers["content-disposition"].startswith('attachment; filename="') and ".eml" in \
+        got.headers["content-disposition"]
+    assert got.content == raw
+    parsed = email.message_from_bytes(got.content, policy=email_policy.default)
+    assert parsed["Message-ID"].strip() == m.outlook_id("e2e/eml") and len(parsed.get_all("Received")) == 2
+    assert parsed["DKIM-Signature"]
+    assert {p.get_filename(): p.get_content() for p in parsed.iter_attachments()} == {
+        "photo.jpg": photo, "scan.pdf": scan}
+    calls = [e["path"].split(message_id, 1)[1] or "/" for e in stack.graph.requests.entries(since_seq=seq)
+             if message_id in e["path"] and e["method"] == "GET"]
+    assert calls.count("/$value") == 1, calls  # the mail's MIME, once

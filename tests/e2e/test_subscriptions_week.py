@@ -98,18 +98,21 @@ def test_mail_to_an_address_only_mailbox_is_verified_and_processed(stack):
 def test_mailbox_crud_and_bad_input(stack):
     http = stack.http
     stack.graph.add_mailbox("crud@contoso.example", tenant_id=TENANT)
-    assert http.post("/api/manage/mailboxes", json={"address": "not-an-address", "client": "demo"}).status_code == 400
-    assert http.post("/api/manage/mailboxes", json={"address": "crud@contoso.example", "client": "demo",
-                                                    "colour": "red"}).status_code == 400
-    assert http.post("/api/manage/mailboxes", content=b"{nope").status_code == 400
+    bad = http.post("/api/manage/mailboxes", json={"address": "not-an-address", "client": "demo"})
+    assert bad.status_code == 422 and bad.json()["field"] == "address"
+    bad = http.post("/api/manage/mailboxes", json={"address": "crud@contoso.example", "client": "demo", "colour": "red"})
+    assert bad.status_code == 400 and bad.json()["reason"] == "unknown_field" and bad.json()["field"] == "colour"
+    bad = http.post("/api/manage/mailboxes", content=b"{nope")
+    assert bad.status_code == 400 and bad.json()["reason"] == "invalid_json"
     resp = http.post("/api/manage/mailboxes", json={"address": "ghost@contoso.example", "client": "demo"})
     assert resp.status_code == 422 and resp.json()["reason"] == "mailbox_not_found"
     created = http.post("/api/manage/mailboxes", json={"address": "crud@contoso.example", "client": "demo",
                                                        "start_date": "2026-01-01T00:00:00Z"})
     assert created.status_code == 201, created.text
     mid = created.json()["id"]
-    assert http.post("/api/manage/mailboxes", json={"address": "CRUD@contoso.example",
-                                                    "client": "demo"}).status_code == 400
+    again = http.post("/api/manage/mailboxes", json={"address": "CRUD@contoso.example", "client": "demo"})
+    assert again.status_code == 409 and again.json()["reason"] == "mailbox_exists"
+    assert f"PATCH /api/manage/mailboxes/{mid}" in again.json()["error"]
     assert http.get(f"/api/manage/mailboxes/{mid}").json()["subscription"]["status"] == "active"
     assert http.get("/api/manage/mailboxes/crud@contoso.example").json()["id"] == mid
     assert mid in {m["id"] for m in http.get("/api/manage/mailboxes").json()["mailboxes"]}
@@ -123,7 +126,8 @@ def test_mailbox_crud_and_bad_input(stack):
                                                                "move_folder": "archive"})
     assert patched.status_code == 200 and patched.json()["action"] == "move" and count() == 1
     assert http.patch(f"/api/manage/mailboxes/{mid}", json={"address": "x@y.example"}).status_code == 400
-    assert http.patch(f"/api/manage/mailboxes/{mid}", json={"action": "shred"}).status_code == 400
+    shred = http.patch(f"/api/manage/mailboxes/{mid}", json={"action": "shred"})
+    assert shred.status_code == 422 and shred.json()["field"] == "action" and "delete, move" in shred.json()["error"]
     deleted = http.delete(f"/api/manage/mailboxes/{mid}")
     assert deleted.status_code == 200 and deleted.json()["subscription"]["action"] == "removed" and count() == 0
     assert http.get(f"/api/manage/mailboxes/{mid}").status_code == 404

@@ -120,7 +120,8 @@ def test_settings_errors_reach_the_operator_at_startup_and_in_the_validate_endpo
         resp = s.http.post("/api/manage/clients/demo/validate")
         assert resp.status_code == 500
         assert resp.json() == {"error": "Invalid settings: OUTBOUND_CA_BUNDLE names '/nonexistent/customer-ca.pem', "
-                                        "which does not exist or is not readable", "reason": "settings"}
+                                        "which does not exist or is not readable", "reason": "settings_invalid",
+                               "detail": {}}
         assert any(r.name == "inbox.bootstrap" and r.levelno == logging.ERROR and "customer-ca.pem" in r.getMessage()
                    for r in caplog.records)
     finally:

@@ -19,7 +19,9 @@ import tree_sitter_bicep
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 MAIN_BICEP = INFRA / "main.bicep"
-MAIN_PARAMETERS = INFRA / "main.parameters.json"
+MAIN_PARAMETERS = INFRA / "main.parameters.json"  # azd's: values from the azd environment, ${NAME[=default]}
+CLI_PARAMETERS = INFRA / "cli.parameters.json"  # the Azure CLI path: plain values
+AZURE_YAML = ROOT / "azure.yaml"
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.example.json"
 HOST_JSON = ROOT / "host.json"
 
@@ -292,3 +294,86 @@ def app_settings(files: list[BicepFile]) -> list[BicepSetting]:
                 name = template_text(key_body) if key_body.type == "string" else text(key_body)
                 out.append(BicepSetting(name, text(value_body), var.name, f.label))
     return out
+
+
+# A small evaluator ------------------------------------------------------------------------------
+# Enough Bicep to decide what a deployment does for given parameter values: literals, parameters
+# (from `env`, else their defaults), `var`s, `!`, `==`, `!=`, `&&`, `||`, `?:`, parentheses, arrays,
+# objects and empty(). Anything else (a module output, a resource property, another function) is
+# UNKNOWN, and a test that needs it fails instead of guessing.
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN = _Unknown()
+
+
+def evaluate(node: Node | None, f: BicepFile, env: dict[str, object] | None = None) -> object:
+    env = env or {}
+    if node is None:
+        return UNKNOWN
+    kind = node.type
+    if kind == "string":
+        value = string_value(node)
+        return UNKNOWN if value is None else value
+    if kind == "boolean":
+        return text(node) == "true"
+    if kind == "number":
+        return int(text(node))
+    if kind == "null":
+        return None
+    if kind == "parenthesized_expression":
+        return evaluate(node.named_children[0], f, env)
+    if kind == "identifier":
+        name = text(node)
+        if name in env:
+            return env[name]
+        params, variables = f.params(), f.variables()
+        if name in params:
+            return evaluate(params[name].default, f, env)
+        if name in variables:
+            return evaluate(variables[name].value, f, env)
+        return UNKNOWN
+    if kind == "array":
+        return [evaluate(c, f, env) for c in node.named_children if c.type != "comment"]
+    if kind == "object":
+        return {property_key(p): evaluate(property_value(p), f, env)
+                for p in node.named_children if p.type == "object_property"}
+    if kind == "unary_expression" and text(node.children[0]) == "!":
+        value = evaluate(node.named_children[0], f, env)
+        return UNKNOWN if value is UNKNOWN else not value
+    if kind == "ternary_expression":
+        condition, yes, no = node.named_children
+        value = evaluate(condition, f, env)
+        if value is UNKNOWN:
+            return UNKNOWN
+        return evaluate(yes if value else no, f, env)
+    if kind == "binary_expression":
+        left, operator, right = node.children[0], text(node.children[1]), node.children[2]
+        a = evaluate(left, f, env)
+        if operator == "&&" and a is False or operator == "||" and a is True:
+            return a
+        b = evaluate(right, f, env)
+        if a is UNKNOWN or b is UNKNOWN:
+            return UNKNOWN
+        return {"==": lambda: a == b, "!=": lambda: a != b, "&&": lambda: bool(a and b),
+                "||": lambda: bool(a or b)}.get(operator, lambda: UNKNOWN)()
+    if kind == "call_expression" and text(node.child_by_field_name("function")) == "empty":
+        args = [c for c in node.child_by_field_name("arguments").named_children]
+        value = evaluate(args[0], f, env) if args else UNKNOWN
+        return UNKNOWN if value is UNKNOWN else not value
+    return UNKNOWN
+
+
+def condition_of(declaration_node: Node) -> Node | None:
+    """The `if (...)` condition of a conditional resource or module, None when unconditional."""
+    for child in declaration_node.children:
+        if child.type == "if_statement":
+            return child.named_children[0]
+    return None
+
+
+def deployed(declaration_node: Node, f: BicepFile, env: dict[str, object]) -> object:
+    condition = condition_of(declaration_node)
+    return True if condition is None else evaluate(condition, f, env)

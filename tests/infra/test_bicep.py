@@ -14,6 +14,7 @@ from tests.infra import (
     HOST_JSON,
     INFRA,
     MAIN_BICEP,
+    CLI_PARAMETERS,
     MAIN_PARAMETERS,
     ROOT,
     BicepFile,
@@ -25,7 +26,7 @@ from tests.infra import (
     walk,
 )
 
-QUEUES = ("inbox-messages", "inbox-autoreplies", "inbox-lifecycle")
+QUEUES = ("inbox-messages", "inbox-autoreplies", "inbox-lifecycle", "inbox-recovery")
 TABLES = ("mailboxes", "subscriptions", "ledger", "synclog", "recoverytasks", "ratelimits", "crmperson",
           "crmcompany", "crmhelpdesk", "crmhistory", "crmdocument", "crmcounter")
 CONTAINERS = ("crm-files",)
@@ -221,7 +222,12 @@ def check_modules_resolve(files: list[BicepFile]) -> list[str]:
     return problems
 
 
+AZD_REFERENCE = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(?:=([^}]*))?\}$")
+
+
 def check_parameters_file(main: BicepFile, raw: str) -> list[str]:
+    """Only declared params; no literal value for a @secure() param (a Key Vault reference or an azd
+    environment reference `${NAME}` is fine); @allowed values respected, an azd reference's default too."""
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -233,13 +239,16 @@ def check_parameters_file(main: BicepFile, raw: str) -> list[str]:
         if param is None:
             problems.append(f"main.parameters.json sets {name}, which main.bicep does not declare")
             continue
-        if "secure" in param.decorators and "reference" not in entry:
+        value = entry.get("value")
+        azd = AZD_REFERENCE.match(value) if isinstance(value, str) else None
+        if "secure" in param.decorators and "reference" not in entry and not (azd and azd.group(2) is None):
             problems.append(f"main.parameters.json holds a value for @secure() param {name}")
         allowed = param.decorator("allowed")
         if allowed is not None and "value" in entry:
             options = {text(n).strip("'") for n in walk(allowed) if n.type in ("string", "number")}
-            if str(entry["value"]).lower() not in {o.lower() for o in options}:
-                problems.append(f"main.parameters.json: {name}={entry['value']!r} is not in @allowed {sorted(options)}")
+            candidate = azd.group(2) if azd else value
+            if candidate is not None and str(candidate).lower() not in {o.lower() for o in options}:
+                problems.append(f"main.parameters.json: {name}={value!r} is not in @allowed {sorted(options)}")
     return problems
 
 
@@ -297,8 +306,9 @@ def test_main_outputs_the_app_name_and_both_webhook_urls(files):
     assert "?code" not in text(outputs["notificationUrl"].value)
 
 
-def test_parameters_file_is_valid_and_names_only_declared_params(files):
-    assert not check_parameters_file(by_name(files, "main.bicep"), MAIN_PARAMETERS.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("parameters", [MAIN_PARAMETERS, CLI_PARAMETERS], ids=["azd", "cli"])
+def test_parameters_file_is_valid_and_names_only_declared_params(files, parameters):
+    assert not check_parameters_file(by_name(files, "main.bicep"), parameters.read_text(encoding="utf-8"))
 
 
 def test_storage_is_keyless_on_flex(files):
@@ -429,6 +439,10 @@ def test_parameters_file_check_finds_bad_files():
     assert check_parameters_file(main, '{"parameters": {"s": {"value": "hunter2"}}}')
     assert check_parameters_file(main, '{"parameters": {"plan": {"value": "dedicated"}}}')
     assert not check_parameters_file(main, '{"parameters": {"plan": {"value": "flex"}}}')
+    assert not check_parameters_file(main, '{"parameters": {"s": {"value": "${WEBHOOK_KEY}"}}}')  # azd env
+    assert check_parameters_file(main, '{"parameters": {"s": {"value": "${WEBHOOK_KEY=hunter2}"}}}')
+    assert check_parameters_file(main, '{"parameters": {"plan": {"value": "${HOSTING_PLAN=dedicated}"}}}')
+    assert not check_parameters_file(main, '{"parameters": {"plan": {"value": "${HOSTING_PLAN=flex}"}}}')
 
 
 def test_repository_root_is_where_infra_lives():

@@ -12,18 +12,21 @@ mappings, and nothing else, bridge the differences:
 - `AzureWebJobs.<function>.Disabled` switches one function off.
 - `GRAPH_CLIENT_SECRET_<NAME>` / `GRAPH_CLIENT_CERT_<NAME>` match `SETTING_PATTERNS`.
 - `OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID` belongs to App Service Authentication (`authAppSettings`).
+- `FUNCTIONS_REQUEST_BODY_SIZE_LIMIT` and `PYTHON_ENABLE_OPENTELEMETRY` are the Functions host's and
+  the Python worker's own settings (`hostAppSettings`); Core Tools honours them too, so the local
+  example carries them with the same values.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Pattern
 
 import pytest
 
 from shared.config import SETTING_PATTERNS, SETTINGS, SettingSpec
-from tests.infra import LOCAL_SETTINGS_EXAMPLE, BicepFile, BicepSetting, app_settings, bicep_files
+from tests.infra import LOCAL_SETTINGS_EXAMPLE, BicepFile, BicepSetting, app_settings, bicep_files, text
 
 STORAGE = "AzureWebJobsStorage"
 STORAGE_IDENTITY_SETTINGS = {f"{STORAGE}__{s}" for s in
@@ -38,7 +41,11 @@ PLATFORM_SETTINGS = {
     "WEBSITE_CONTENTSHARE": "premiumAppSettings",
     "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": "premiumAppSettings",
     "OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID": "authAppSettings",
+    "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "hostAppSettings",
+    "PYTHON_ENABLE_OPENTELEMETRY": "hostAppSettings",
 }
+# Host and worker settings that behave the same under Core Tools: local and Bicep values must match.
+HOST_SETTINGS = tuple(name for name, owner in PLATFORM_SETTINGS.items() if owner == "hostAppSettings")
 KEY_VAULT_REFERENCE = re.compile(r"keyVaultReference\(|@Microsoft\.KeyVault\(")
 
 
@@ -48,6 +55,18 @@ class Sources:
     patterns: tuple[Pattern[str], ...]
     local: dict[str, object]  # the whole local.settings.example.json document
     bicep: list[BicepSetting]
+    bicep_vars: dict[str, str] = field(default_factory=dict)  # var name -> source text of its value
+
+
+def _bicep_value_is(expression: str, expected: str, variables: dict[str, str]) -> bool:
+    """A Bicep app setting value (source text) equals `expected`: a string literal, or string(<int
+    literal or var holding one>)."""
+    expression = expression.strip()
+    call = re.fullmatch(r"string\((\w+)\)", expression)
+    if call:
+        inner = variables.get(call.group(1), call.group(1)).strip()
+        return inner == expected
+    return expression == f"'{expected}'"
 
 
 def matches_pattern(name: str, patterns: Iterable[Pattern[str]]) -> bool:
@@ -97,9 +116,17 @@ def parity_problems(src: Sources) -> list[str]:
         if spec.scope == "host" and spec.default and in_local and values[spec.name] != spec.default:
             problems.append(f"local: {spec.name} is {values[spec.name]!r}, the registry default is {spec.default!r}")
 
+    # host settings: the same value locally and in Azure
+    for name in HOST_SETTINGS:
+        in_bicep = [s.value for s in bicep.get(name, [])]
+        if name not in values:
+            problems.append(f"local: {name} (a host setting) is missing from local.settings.example.json")
+        elif in_bicep and not all(_bicep_value_is(v, str(values[name]), src.bicep_vars) for v in in_bicep):
+            problems.append(f"local: {name} is {values[name]!r}, Bicep sets {in_bicep}")
+
     # local -> registry or known mapping
     for name in values:
-        if name in registry or name == "FUNCTIONS_WORKER_RUNTIME" or DISABLED.match(name) \
+        if name in registry or name == "FUNCTIONS_WORKER_RUNTIME" or name in HOST_SETTINGS or DISABLED.match(name) \
                 or APPINSIGHTS.match(name) or matches_pattern(name, src.patterns):
             continue
         problems.append(f"local: {name} is neither a registry setting nor a known mapping")
@@ -139,7 +166,8 @@ def files() -> list[BicepFile]:
 def sources(files) -> Sources:
     assert LOCAL_SETTINGS_EXAMPLE.exists(), "local.settings.example.json is missing"
     local = json.loads(LOCAL_SETTINGS_EXAMPLE.read_text(encoding="utf-8"))
-    return Sources(SETTINGS, SETTING_PATTERNS, local, app_settings(files))
+    variables = {v.name: text(v.value) for f in files for v in f.variables().values()}
+    return Sources(SETTINGS, SETTING_PATTERNS, local, app_settings(files), variables)
 
 
 def test_settings_are_in_parity(sources):
@@ -227,3 +255,16 @@ def test_local_file_shape_is_enforced(sources):
     assert any("registry default" in p for p in problems)
     assert any("FUNCTIONS_WORKER_RUNTIME" in p for p in problems)
     assert parity_problems(_fake(sources, local={"Values": []}))
+
+
+def test_host_settings_must_match_between_local_and_bicep(sources):
+    local = json.loads(json.dumps(sources.local))
+    local["Values"]["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"] = "104857600"
+    del local["Values"]["PYTHON_ENABLE_OPENTELEMETRY"]
+    problems = parity_problems(_fake(sources, local=local))
+    assert any("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT is '104857600'" in p for p in problems)
+    assert any("PYTHON_ENABLE_OPENTELEMETRY (a host setting) is missing" in p for p in problems)
+    bicep = [s for s in sources.bicep if s.name != "PYTHON_ENABLE_OPENTELEMETRY"]
+    bicep.append(BicepSetting("PYTHON_ENABLE_OPENTELEMETRY", "'false'", "hostAppSettings", "x.bicep"))
+    assert any("PYTHON_ENABLE_OPENTELEMETRY is 'true', Bicep sets" in p
+               for p in parity_problems(_fake(sources, bicep=bicep)))

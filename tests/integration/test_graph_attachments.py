@@ -110,3 +110,51 @@ async def test_streaming_stops_at_the_limit(world):
     assert sink.getvalue() == m.blob(300_000, "b")
     with pytest.raises(AttachmentTooLarge):
         await adapter.stream_attachment(box, message_id, mail.attachments[0].id, io.BytesIO(), limit=100_000)
+
+
+async def test_the_mails_mime_streams_from_value_and_its_size_comes_with_the_message(world):
+    """store_original through the real adapter: the size rides on the message GET (no extra
+    request), `$value` is one request streamed into the file, exactly the delivered bytes; a mail
+    over the limit by its size is never asked for its MIME; one that turns out larger while
+    streaming stops at the limit."""
+    from dataclasses import replace
+    from shared.domain.errors import ContentTooLarge
+    graph, adapter, box = world
+    keeps = replace(box, store_original="eml")
+    raw = m.delivered(m.outlook("anna@acme.example", box.address, "Evidence", "See attached.",
+                                message_id="<g4@acme.example>",
+                                attachments=[("scan.pdf", "application/pdf", m.blob(600_000, "scan")),
+                                             ("photo.jpg", "image/jpeg", m.blob(80_000, "photo"))]))
+    message_id = graph.deliver(box.address, raw, notify=False)
+    since = graph.requests.entries()[-1]["seq"] if len(graph.requests) else 0
+    assert (await adapter.get_message(box, message_id)).size == 0  # not asked for without the setting
+    await requests(graph, since, 1)  # logged (it may lag the answer): the count below starts after it
+    since = graph.requests.entries()[-1]["seq"]
+    before = adapter.stats["requests"]
+    mail = await adapter.get_message(keeps, message_id)
+    assert 680_000 < mail.size < len(raw)  # the store's size: the files as they are, not in base64
+    sink = io.BytesIO()
+    assert await adapter.stream_message(keeps, message_id, sink, limit=len(raw)) == len(raw)
+    assert sink.getvalue() == raw
+    with pytest.raises(ContentTooLarge):
+        await adapter.stream_message(keeps, message_id, io.BytesIO(), limit=len(raw) - 1)
+    calls = await requests(graph, since, adapter.stats["requests"] - before)
+    assert [c.split(message_id, 1)[1] or "/" for c in calls] == ["/", "/$value", "/$value"], calls
+
+    crm = InMemoryCrm()
+    person = await crm.find_or_create_person("anna@acme.example", "Anna")
+    ticket = await crm.create_ticket(TicketDraft(title="t", person_id=person), "k")
+    since, before = graph.requests.entries()[-1]["seq"], adapter.stats["requests"]
+    by_size = await AttachmentStore(adapter, crm, AttachmentRules(max_bytes=mail.size - 1)).store_original(
+        keeps, mail, ticket.id, "mail-key")
+    assert by_size.status == "skipped" and by_size.reason.startswith("over the per-file limit (") \
+        and "not downloaded" in by_size.reason
+    by_base64 = await AttachmentStore(adapter, crm, AttachmentRules(max_bytes=mail.size + 1000)).store_original(
+        keeps, mail, ticket.id, "mail-key")  # fits by Exchange's size, not once MIME encodes the files
+    assert by_base64.status == "skipped" and "base64" in by_base64.reason
+    assert adapter.stats["requests"] == before
+    cut = await AttachmentStore(adapter, crm, AttachmentRules(max_bytes=len(raw) - 1000)).store_original(
+        keeps, mail, ticket.id, "mail-key")
+    assert cut.status == "skipped" and "once downloaded" in cut.reason and crm.created["document"] == 0
+    stored = await AttachmentStore(adapter, crm, AttachmentRules()).store_original(keeps, mail, ticket.id, "mail-key")
+    assert stored.status == "stored" and crm.files[stored.document_id] == raw

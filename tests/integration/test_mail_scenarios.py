@@ -46,7 +46,8 @@ class Run:
         self.processor = MessageProcessor(ProcessDeps(
             registry=FakeRegistry(*self.boxes.values()), ledger=self.ledger, mail=self.gateway, crm=crm,
             queue=self.queue, clock=clock,
-            rules=MailRules(note_format=sc.note_format, attachment_max_bytes=SUITE_MAX_BYTES),
+            rules=MailRules(note_format=sc.note_format, attachment_max_bytes=SUITE_MAX_BYTES,
+                            own_message_id_hosts=corpus.OWN_MESSAGE_ID_HOSTS),
             own_addresses=self._own))
         self.ctx = corpus.Context()
         self.tickets: dict[str, str] = {}  # step -> ticket number
@@ -80,10 +81,17 @@ class Run:
         raw = step.build(self.ctx)
         message_id = self.gateway.deliver(box, raw, self.clock.now())
         fetched_before = len(self.gateway.fetched)
+        mime_before = self.gateway.calls["mime"]
         outcome = await self.processor.run(MessageJob(mailbox_id=box.id, message_id=message_id, tenant_id="t"))
         entry = self.ledger.rows[(box.id, message_id)]
         where = f"{self.sc.name}/{step.name}"
         exp = step.expect
+        mime_reads = self.gateway.calls["mime"] - mime_before
+        assert mime_reads <= 1, (where, "a report is read once", mime_reads)
+        if exp.mime_read is not None:
+            assert mime_reads == int(exp.mime_read), (where, "MIME read", mime_reads)
+        if exp.status == "processed" and not exp.reason:
+            assert mime_reads == 0, (where, "human mail's MIME is never read")
         assert outcome.status == exp.status, (where, outcome)
         assert message_id in self.gateway.deleted, (where, "the mail must leave the Inbox")
         if exp.status == "skipped":
@@ -193,5 +201,8 @@ def test_the_corpus_is_big_enough_and_names_every_kind_the_issue_asks_for():
     kinds = " ".join(st.kind for sc in SCENARIOS for st in sc.steps).lower()
     for wanted in ("reply", "wg:", "aw:", "sv:", "fwd:", "out-of-office", "vacation", "ndr", "newsletter",
                    "meeting", "non-ascii", "scripts and remote images", "inline image", "big attachments",
-                   "empty body", "missing message-id", "[2024]", "stranger", "closed ticket"):
+                   "empty body", "missing message-id", "[2024]", "stranger", "closed ticket",
+                   # issue 15 items 4 and 5
+                   "bounce of a reply", "delayed dsn", "text bounce", "sms gateway", "mailing-list server",
+                   "abuse", "own sending host"):
         assert wanted in kinds, wanted

@@ -178,7 +178,7 @@ async def test_entra_token_behind_a_private_ca_and_the_validate_check_names_it()
                 return []
         result = await ClientService(settings.graph_clients, NoMailboxes(), untrusted, FakeClock(),
                                      lambda name: True).validate("demo")
-        assert result["ok"] is False and result["reason"] == "certificate_untrusted"
+        assert result["ok"] is False and result["reason"] == "tls_untrusted"
         assert "OUTBOUND_CA_BUNDLE" in result["checks"][0]["detail"]
     finally:
         graph.stop()

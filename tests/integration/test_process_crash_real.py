@@ -30,7 +30,8 @@ def graph():
     sim.stop()
 
 
-async def run_with_crash(azurite_connection, graph, crash_at: int):
+async def run_with_crash(azurite_connection, graph, crash_at: int, store_original: str = "none",
+                         mime: bytes | None = None):
     address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
     user = graph.add_mailbox(address, tenant_id=TENANT)
     settings = Settings.from_env(app_settings(azurite_connection, graph, "http://127.0.0.1:1"))
@@ -43,13 +44,14 @@ async def run_with_crash(azurite_connection, graph, crash_at: int):
     clock = FakeClock()
     ledger = TableLedger(account, clock, table=ledger_name)
     graph_adapter = GraphAdapter(GraphClients(settings))
-    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
-    mid = graph.deliver(address, make_mime(to=address, subject="Crash test"))
+    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower(),
+                  store_original=store_original)
+    mid = graph.deliver(address, mime or make_mime(to=address, subject="Crash test"))
     counter = {"n": 0, "crash_at": crash_at}
     deps = ProcessDeps(registry=FakeRegistry(box), ledger=CrashAfter(ledger, counter, {"save", "claim"}),
-                       mail=CrashAfter(graph_adapter, counter, {"get_message", "delete_message"}),
+                       mail=CrashAfter(graph_adapter, counter, {"get_message", "stream_message", "delete_message"}),
                        crm=CrashAfter(crm, counter, {"find_or_create_person", "reserve_ticket_number",
-                                                     "create_ticket", "add_history"}),
+                                                     "create_ticket", "add_document_file", "add_history"}),
                        queue=FakeQueue(), clock=clock)
     job = MessageJob(mailbox_id=box.id, message_id=mid, tenant_id=TENANT)
     try:
@@ -61,6 +63,9 @@ async def run_with_crash(azurite_connection, graph, crash_at: int):
     outcome = await MessageProcessor(deps).run(job)
     tickets = await crm.list_tickets()
     detail = await crm.ticket_detail(tickets[0]["number"]) if tickets else None
+    if detail is not None:
+        detail["eml"] = [await crm.get_document_bytes(d["id"]) for d in detail["documents"]
+                         if d["content_type"] == "message/rfc822"]
     await account.close()
     await graph_adapter._clients.close()
     return outcome, tickets, detail, graph.messages(address, "Inbox"), counter["n"]
@@ -72,3 +77,25 @@ async def test_crash_between_steps_on_real_parts(azurite_connection, graph, cras
     assert outcome.status == PROCESSED, outcome
     assert len(tickets) == 1 and len(detail["history"]) == 1
     assert inbox == []
+
+
+# claim, GET, decided, person, number, saved, ticket, saved, the PDF's create, the MIME read, the
+# .eml's create, note, CRM step saved, DELETE, finished
+EML_STEPS = 15
+
+
+@pytest.mark.parametrize("crash_at", range(1, EML_STEPS + 1))
+async def test_crash_between_steps_of_a_mailbox_that_keeps_originals(azurite_connection, graph, crash_at):
+    """store_original: eml adds the MIME read and the .eml's create to the steps: wherever the worker
+    dies, the redelivery leaves one ticket, one note and one .eml, the MIME byte for byte."""
+    from tests.fixtures.mail import mime as m
+    raw = m.delivered(m.outlook("Anna <anna@acme.example>", "box@contoso.example", "Crash test", "Body.",
+                                message_id=m.outlook_id(f"crash-eml-{crash_at}"),
+                                attachments=[("scan.pdf", "application/pdf", m.blob(1_200_000, "scan"))]))
+    outcome, tickets, detail, inbox, calls = await run_with_crash(azurite_connection, graph, crash_at, "eml", raw)
+    assert outcome.status == PROCESSED, outcome
+    assert len(tickets) == 1 and len(detail["history"]) == 1 and inbox == []
+    assert detail["eml"] == [raw], crash_at
+    if crash_at == 1:  # the sweep reaches every step: a clean run makes EML_STEPS calls, then a redelivery's claim
+        clean = await run_with_crash(azurite_connection, graph, 0, "eml", raw.replace(b"Crash test", b"Clean run"))
+        assert clean[0].status == PROCESSED and clean[4] == EML_STEPS + 1

@@ -232,6 +232,23 @@ def test_tokens_via_azure_identity_and_entra_errors(sim: GraphSim) -> None:
             "https://mi.example/issuer", "someone-else"), **common).get_token(GRAPH_SCOPE)
 
 
+def test_a_verified_domain_stands_for_the_tenant_and_everything_answers_with_the_guid(sim: GraphSim) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import ClientSecretCredential
+
+    common = dict(authority=sim.authority_host, connection_verify=sim.ca_path, disable_instance_discovery=True)
+    domain = f"t{uuid.uuid4().hex[:8]}.onmicrosoft.com"
+    with pytest.raises(ClientAuthenticationError, match="authority configuration"):  # not (yet) a domain of it
+        ClientSecretCredential(domain, CLIENT, SECRET, **common).get_token(GRAPH_SCOPE)
+    sim.add_domain(TENANT, domain)
+    token = ClientSecretCredential(domain, CLIENT, SECRET, **common).get_token(GRAPH_SCOPE).token
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["tid"] == TENANT.lower()
+    config = httpx.get(f"{sim.https_url}/{domain}/v2.0/.well-known/openid-configuration", verify=sim.ca_path).json()
+    assert config["issuer"].endswith(f"/{TENANT.lower()}/v2.0") and f"/{TENANT.lower()}/oauth2" in \
+        config["token_endpoint"]
+
+
 def test_graph_rejects_missing_or_bad_token(sim: GraphSim, mailbox) -> None:
     address, _ = mailbox
     resp = httpx.get(f"{sim.graph_url}/users/{address}/messages")
@@ -243,6 +260,55 @@ def test_graph_rejects_missing_or_bad_token(sim: GraphSim, mailbox) -> None:
 
 
 # ------------------------------------------------------------------------------- messages
+
+
+def test_message_value_is_the_mime_as_delivered_and_the_size_comes_as_an_extended_property(
+        sim: GraphSim, mailbox) -> None:
+    """`$value` of a mail delivered as MIME is those bytes exactly (chunked when large); one
+    delivered as JSON is rendered with its headers, addresses, date and attachments. The store's
+    size (PidTagMessageSize, `Integer 0x0E08`) is expanded on request, below the MIME's size."""
+    import email
+    from email import policy as email_policy
+    address, user_id = mailbox
+    auth = {"Authorization": f"Bearer {_token(sim)}"}
+    base = f"{sim.graph_url}/users/{user_id}/messages"
+    big = bytes(range(256)) * 4096  # 1 MiB: streamed in chunks
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "anna@acme.example", address, "Evidence"
+    msg["Message-ID"] = "<ev.1@acme.example>"
+    msg.set_content("See the file.")
+    msg.add_attachment(big, maintype="application", subtype="octet-stream", filename="big.bin")
+    raw = (b"Received: from mail.acme.example by mx.contoso.example; Tue, 05 Mar 2024 10:20:31 +0100\r\n"
+           b"DKIM-Signature: v=1; a=rsa-sha256; d=acme.example; s=s1; bh=abc=; b=def=\r\n"
+           + msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+    mid = sim.deliver(address, raw, notify=False)
+    got = httpx.get(f"{base}/{mid}/$value", headers=auth)
+    assert got.status_code == 200 and got.content == raw and got.headers["content-type"].startswith("text/plain")
+
+    size_expand = "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')"
+    doc = httpx.get(f"{base}/{mid}", headers=auth, params={
+        "$select": "subject", "$expand": f"attachments($select=id,size),{size_expand}"}).json()
+    [prop] = doc["singleValueExtendedProperties"]
+    assert prop["id"] == "Integer 0xe08" and len(big) < int(prop["value"]) < len(raw)
+    assert [a["size"] for a in doc["attachments"]] == [len(big)]
+    plain = httpx.get(f"{base}/{mid}", headers=auth, params={"$select": "subject"}).json()
+    assert "singleValueExtendedProperties" not in plain
+    other = httpx.get(f"{base}/{mid}", headers=auth, params={
+        "$expand": "singleValueExtendedProperties($filter=id eq 'String 0x0037')"}).json()
+    assert "singleValueExtendedProperties" not in other  # a property the item does not have
+    bad = httpx.get(f"{base}/{mid}", headers=auth, params={"$expand": "singleValueExtendedProperties"})
+    assert bad.status_code == 400
+
+    json_mid = sim.deliver(address, {"subject": "From JSON", "from": "bo@acme.example", "toRecipients": [address],
+                                     "ccRecipients": ["cc@acme.example"], "internetMessageId": "<j.1@acme.example>",
+                                     "body": "<p>Hi</p>", "attachments": [
+                                         {"name": "a.pdf", "contentType": "application/pdf", "content": b"%PDF-1"}]},
+                           notify=False)
+    built = email.message_from_bytes(httpx.get(f"{base}/{json_mid}/$value", headers=auth).content,
+                                     policy=email_policy.default)
+    assert built["Subject"] == "From JSON" and built["Message-ID"] == "<j.1@acme.example>"
+    assert built["Cc"] == "cc@acme.example" and built["Date"] and built["From"] == "bo@acme.example"
+    assert [(p.get_filename(), p.get_content()) for p in built.iter_attachments()] == [("a.pdf", b"%PDF-1")]
 
 
 async def test_get_message_select_expand_immutable(sim: GraphSim, mailbox) -> None:
@@ -553,14 +619,17 @@ def test_throttling_concurrency_and_rate(sim: GraphSim, mailbox) -> None:
     headers = {"Authorization": f"Bearer {_token(sim)}"}
     url = f"{sim.graph_url}/users/{address}/messages/{msg_id}"
     sim.throttle(concurrency=4, rate_per_s=None)
-    sim.faults.add(None, path_regex=msg_id, delay_ms=300, count=4)  # hold 4 requests open
+    sim.faults.add(None, path_regex=msg_id, delay_ms=3000, count=4)  # hold 4 requests open
     try:
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(httpx.get(url, headers=headers)))
+        threads = [threading.Thread(target=lambda: results.append(httpx.get(url, headers=headers, timeout=30)))
                    for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while sim.throttle_stats()["in_flight"] < 4:  # all four hold their slot (not a guess at timing)
+            assert time.monotonic() < deadline, "the four held requests never reached the simulator"
+            time.sleep(0.01)
         fifth = httpx.get(url, headers=headers)
         for t in threads:
             t.join()

@@ -2,7 +2,11 @@
 tools/sim/mime2graph (what Exchange Online stores), and is served the way the Graph adapter serves
 it: the message with attachment METADATA only (`$expand=attachments($select=...)`, no contentId,
 no content), then `list_attachments` (everything with content, one call), `get_attachment_item`
-(one as JSON), `stream_attachment` (`$value`, chunked into a file).
+(one as JSON), `stream_attachment` (`$value`, chunked into a file), `stream_message` (the
+mail's `$value`: the MIME exactly as delivered), with the store's size of the mail
+(PidTagMessageSize: body, headers and attachments as stored, not their MIME encoding) when the
+mailbox keeps originals, as the Graph adapter asks for it, and `read_message_mime` (the mail's
+`$value` cut at a limit, as the adapter reads a delivery report).
 
 Records what was fetched (`calls`, `fetched`), so tests can prove a skipped attachment was never
 downloaded and small ones came in one call. Performs no I/O.
@@ -15,12 +19,22 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, AsyncIterator
 
-from shared.domain.errors import MailNotFound
+from shared.domain.errors import ContentTooLarge, MailNotFound
 from shared.domain.mail import ATTACHMENT_SELECT, InboundMail
-from shared.domain.model import InboxItem, Mailbox
+from shared.domain.model import STORE_ORIGINAL_EML, InboxItem, Mailbox
 from tools.sim.mime2graph import mime_to_graph_message
 
 STREAM_CHUNK = 64 * 1024
+
+
+def store_size(doc: dict[str, Any]) -> int:
+    """What Exchange reports as a mail's size (PidTagMessageSize): its parts as stored, roughly the
+    body, the headers and each attachment's size; less than the MIME, which encodes binary
+    attachments in base64."""
+    headers = sum(len(str(h.get("name", ""))) + len(str(h.get("value", ""))) + 4
+                  for h in doc.get("internetMessageHeaders") or ())
+    body = len(str((doc.get("body") or {}).get("content") or "").encode("utf-8"))
+    return headers + body + sum(int(a.get("size") or 0) for a in doc.get("attachments") or ())
 
 
 class MimeMailbox:
@@ -31,6 +45,7 @@ class MimeMailbox:
         self.deleted: list[str] = []
         self.calls: Counter[str] = Counter()
         self.fetched: list[str] = []  # names of attachments whose content was handed out
+        self.raw: dict[tuple[str, str], bytes] = {}
         self._ids = itertools.count(1)
 
     def deliver(self, mailbox: Mailbox, raw: bytes, received_at: datetime) -> str:
@@ -40,6 +55,7 @@ class MimeMailbox:
         for i, att in enumerate(doc.get("attachments") or ()):
             att["id"] = f"{message_id}-att{i}"
         self.messages[(mailbox.id, message_id)] = doc
+        self.raw[(mailbox.id, message_id)] = bytes(raw)
         return message_id
 
     def _doc(self, mailbox: Mailbox, message_id: str) -> dict[str, Any]:
@@ -65,7 +81,23 @@ class MimeMailbox:
         doc = dict(self._doc(mailbox, message_id))
         doc["attachments"] = [{"@odata.type": a.get("@odata.type"), **{k: a.get(k) for k in ATTACHMENT_SELECT}}
                               for a in doc.get("attachments") or ()]
+        if mailbox.store_original == STORE_ORIGINAL_EML:
+            size = store_size(doc)
+            doc["singleValueExtendedProperties"] = [{"id": "Integer 0xe08", "value": str(size)}]
         return InboundMail.from_graph(mailbox.id, doc)
+
+    async def stream_message(self, mailbox: Mailbox, message_id: str, sink: Any, limit: int | None = None) -> int:
+        self.calls["stream_message"] += 1
+        self._doc(mailbox, message_id)
+        data = self.raw[(mailbox.id, message_id)]
+        sink.seek(0)
+        sink.truncate()
+        for offset in range(0, len(data), STREAM_CHUNK):
+            chunk = data[offset:offset + STREAM_CHUNK]
+            if limit is not None and offset + len(chunk) > limit:
+                raise ContentTooLarge(f"the mail's MIME is over the {limit}-byte limit")
+            sink.write(chunk)
+        return len(data)
 
     async def inbox_folder_id(self, mailbox: Mailbox) -> str:
         return self.INBOX
@@ -103,6 +135,12 @@ class MimeMailbox:
         att = self._att(mailbox, message_id, attachment_id)
         self.fetched.append(att["name"])
         return self._content(att)
+
+    async def read_message_mime(self, mailbox: Mailbox, message_id: str, limit: int) -> tuple[bytes, bool]:
+        self.calls["mime"] += 1
+        self._doc(mailbox, message_id)
+        raw = self.raw[(mailbox.id, message_id)]
+        return raw[:limit], len(raw) > limit
 
     async def delete_message(self, mailbox: Mailbox, message_id: str) -> None:
         self.calls["delete"] += 1

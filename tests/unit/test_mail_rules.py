@@ -18,11 +18,14 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
 
 def mail(sender="anna@acme.example", headers=(), subject="Printer broken", body="hi", body_type="text",
-         mid="<m1@acme.example>", odata_type="", to=(), cc=()) -> InboundMail:
+         mid="<m1@acme.example>", odata_type="", to=(), cc=(), attachments=()) -> InboundMail:
     return InboundMail(mailbox_id="box", message_id="x", internet_message_id=mid, sender=Address(sender),
                        subject=subject, received_at=T0, body_content_type=body_type, body=body,
                        headers=tuple(headers), odata_type=odata_type, to=tuple(Address(a) for a in to),
-                       cc=tuple(Address(a) for a in cc))
+                       cc=tuple(Address(a) for a in cc), attachments=tuple(attachments))
+
+
+ATTACHED_MAIL = AttachmentMeta("a1", "Your invoice", "message/rfc822", 2048, kind="item")
 
 
 # -- classification -------------------------------------------------------------------------------------
@@ -52,6 +55,84 @@ def mail(sender="anna@acme.example", headers=(), subject="Printer broken", body=
 def test_automated_mail_is_told_apart_with_its_reason(headers, sender, subject, kind, reason):
     verdict = policy.classify(mail(sender, headers, subject), frozenset({"support@contoso.example"}))
     assert verdict.automated and verdict.kind == kind and reason.lower() in verdict.reason.lower(), verdict
+
+
+# Issue 15 item 5: automated mail that used to open tickets, one general rule per class.
+@pytest.mark.parametrize("sender,headers,attachments,kind,reason", [
+    # delivery failures of mobile/SMS gateways: post_master-style senders, plain multipart/mixed
+    ("post_master@mms.operator.example", (("Content-Type", "multipart/mixed; boundary=x"),), (ATTACHED_MAIL,),
+     policy.BOUNCE, "bounce sender (post_master)"),
+    ("Post.Master@sms.gateway.example", (), (), policy.BOUNCE, "bounce sender"),
+    ("mailer_daemon@old-mta.example", (), (), policy.BOUNCE, "bounce sender"),
+    # Exchange's own NDRs mark themselves
+    ("microsoftexchange329e71ec88ae@acme.example", (("X-MS-Exchange-Message-Is-Ndr", ""),), (), policy.BOUNCE,
+     "X-MS-Exchange-Message-Is-Ndr"),
+    # mailing-list servers' loop alerts and admin notices without List-*
+    ("fml-admin@lists.partner.example", (("X-MLServer", "fml [fml 8.0]; post only"), ("X-ML-Name", "users")), (),
+     policy.BULK, "mailing-list server (X-MLServer)"),
+    ("users-owner@lists.partner.example", (("X-ML-Name", "users"),), (), policy.BULK, "X-ML-Name"),
+    ("users-owner@lists.partner.example", (("X-Mailman-Version", "2.1.39"), ("X-List-Administrivia", "yes")), (),
+     policy.BULK, "X-Mailman-Version"),
+    ("users-owner@lists.partner.example", (("X-BeenThere", "users@lists.partner.example"),), (), policy.BULK,
+     "X-BeenThere"),
+    ("users-help@lists.partner.example", (("Mailing-List", "contact users-help@lists.partner.example; run by ezmlm"),),
+     (), policy.BULK, "Mailing-List"),
+    # abuse and complaint feedback
+    ("fbl@isp.example", (("Content-Type", 'multipart/report; report-type="feedback-report"; boundary=x'),), (),
+     policy.COMPLAINT, "feedback-report"),
+    ("reports@abuse-network.example", (("X-ARF", "YES"),), (ATTACHED_MAIL,), policy.COMPLAINT, "X-ARF"),
+    ("abuse@isp.example", (("Content-Type", "multipart/mixed; boundary=x"),), (ATTACHED_MAIL,), policy.COMPLAINT,
+     "abuse/complaint report (abuse, with the reported message attached)"),
+    ("abuse-reports@isp.example", (), (AttachmentMeta("a1", "headers.txt", "text/rfc822-headers", 900),),
+     policy.COMPLAINT, "abuse/complaint report"),
+])
+def test_more_classes_of_automated_mail(sender, headers, attachments, kind, reason):
+    verdict = policy.classify(mail(sender, headers, "Notice", attachments=attachments))
+    assert verdict.automated and verdict.kind == kind and reason in verdict.reason, verdict
+
+
+@pytest.mark.parametrize("mid,own", [
+    ("<20261121.abc@mta.traml.example>", "mta.traml.example"),
+    ("<x1@eu2.mta.traml.example>", "mta.traml.example"),  # a host under it
+    ("<x1@MTA.TRAML.EXAMPLE.>", "mta.traml.example"),
+    ("<x1@traml.example>", ""),  # the parent is not ours
+    ("<x1@notmta.traml.example>", ""),
+    ("<AM9PR04MB1@AM9PR04MB1.eurprd04.prod.outlook.com>", ""),
+    ("", ""),
+])
+def test_a_message_id_of_our_own_sending_host_is_our_own_mail(mid, own):
+    verdict = policy.classify(mail("team@acme.example", mid=mid), frozenset(), ("mta.traml.example",))
+    if own:
+        assert verdict.automated and verdict.kind == policy.OWN and own in verdict.reason
+        assert policy.automated_note_lines(verdict)[0].startswith("Our own mail (Message-ID of our own sending host")
+    else:
+        assert not verdict.automated, verdict
+
+
+def test_only_delivery_reports_thread_through_their_original():
+    dsn = policy.classify(mail("MAILER-DAEMON@mx.partner.example", (
+        ("Content-Type", "multipart/report; report-type=delivery-status; boundary=x"),)))
+    receipt = policy.classify(mail(headers=(
+        ("Content-Type", "multipart/report; report-type=disposition-notification"),)))
+    arf = policy.classify(mail("fbl@isp.example", (("Content-Type", "multipart/report; report-type=feedback-report"),)))
+    sms = policy.classify(mail("post_master@mms.operator.example"))
+    ooo = policy.classify(mail(headers=(("Auto-Submitted", "auto-replied"),)))
+    assert dsn.delivery_report and sms.delivery_report
+    assert not receipt.delivery_report and not arf.delivery_report and not ooo.delivery_report
+
+
+@pytest.mark.parametrize("sender,headers,attachments,subject", [
+    ("abuse@isp.example", (), (), "We saw phishing claiming to be from you"),  # a person at an abuse desk writes
+    ("abuse@isp.example", (), (AttachmentMeta("a1", "screenshot.png", "image/png", 900),), "Phishing"),
+    ("anna@acme.example", (), (ATTACHED_MAIL,), "FW: Your invoice"),  # forwarded as attachment
+    ("anna@acme.example", (), (), "Delivery failed for order 4711"),  # about goods, not mail
+    ("post.office@acme.example", (), (), "Opening hours of the post office"),  # not post_master
+    ("dan@contoso.example", (), (), "Our own colleague, on-premises Message-ID"),
+])
+def test_human_mail_stays_human_under_the_new_rules(sender, headers, attachments, subject):
+    verdict = policy.classify(mail(sender, headers, subject, attachments=attachments,
+                                   mid="<1234.5678@mail.contoso.example>"), frozenset(), ("mta.traml.example",))
+    assert not verdict.automated, verdict
 
 
 def test_calendar_responses_are_automated_but_invitations_are_not():
@@ -244,6 +325,12 @@ def test_a_conversation_has_one_key_from_its_root():
     assert conv.thread_key(no_id) == no_id.idempotency_key()
 
 
+def test_a_bounce_through_its_original_is_exempt_from_the_party_check():
+    assert conv.party_check_applies(conv.BY_REFERENCES) and conv.party_check_applies(conv.BY_SUBJECT_TAG)
+    assert not conv.party_check_applies(conv.BY_BOUNCE_ORIGINAL) and not conv.party_check_applies("")
+    assert conv.BY_BOUNCE_ORIGINAL == "bounce-original"  # the value on ledger rows and in the step view
+
+
 def test_successor_keys_name_the_ticket_and_its_closure():
     closed = TicketRef(id="hd1", number="1", status="done", closed_at=T0)
     assert conv.successor_key(closed) == conv.successor_key(TicketRef(id="hd1", number="1", closed_at=T0))
@@ -284,6 +371,17 @@ def test_bad_mail_rules_fail_fast_naming_each_setting():
     message = str(info.value)
     for name in ("NOTE_FORMAT", "ATTACHMENTS_INLINE", "NOTE_MAX_CHARS", "ATTACHMENT_MAX_BYTES", "FREE_MAIL_DOMAINS"):
         assert name in message, name
+
+
+def test_own_message_id_hosts_setting():
+    rules = Settings.from_env({**BASE_ENV, "OWN_MESSAGE_ID_HOSTS": " MTA.traml.example., @helpdesk.contoso.example"})
+    assert rules.mail_rules.own_message_id_hosts == ("mta.traml.example", "helpdesk.contoso.example")
+    assert Settings.from_env(BASE_ENV).mail_rules.own_message_id_hosts == ()
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE_ENV, "OWN_MESSAGE_ID_HOSTS": "eurprd04.prod.outlook.com, mail.gmail.com, not a host"})
+    message = str(info.value)
+    assert "OWN_MESSAGE_ID_HOSTS names eurprd04.prod.outlook.com, mail.gmail.com" in message
+    assert "not a host name: not a host" in message
 
 
 def test_attachment_metadata_and_graph_event_type_reach_the_mail_model():

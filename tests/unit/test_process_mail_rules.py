@@ -31,6 +31,9 @@ def setup(**mailbox):
     ({"sender_id_behaviour": "EmailDomain"}, "sender_id_behaviour"),
     ({"closed_ticket_policy": "close"}, "closed_ticket_policy"),
     ({"closed_ticket_policy": "new_after_days", "closed_ticket_days": 0}, "closed_ticket_days"),
+    ({"action": "move"}, "move_folder"),  # it used to delete such mail instead of moving it
+    ({"action": "archive"}, "action"),
+    ({"routing": {"values": {"title": "x"}}}, "routing.values.title"),
 ])
 async def test_a_misconfigured_mailbox_fails_its_mail_naming_the_setting_and_keeps_it(mailbox, setting):
     proc, store, crm = setup(**mailbox)

@@ -26,7 +26,8 @@ from shared.domain.errors import MailNotFound, PermanentError, TransientError
 from shared.domain.model import Mailbox, SubscriptionInfo
 from shared.services.clients import ClientNotFound, ClientService, secret_expiry
 from shared.services.mailboxes import (
-    MailboxNotFound, MailboxService, MailboxUnreachable, ValidationError, address_only_id, mailbox_from_request,
+    MailboxExists, MailboxNotFound, MailboxService, MailboxUnreachable, ValidationError, address_only_id,
+    mailbox_from_request,
 )
 from shared.services.subscriptions import (
     MAX_SUBSCRIPTION_MINUTES, RENEW_WINDOW, STATUS_ACTIVE, STATUS_EXPIRED, STATUS_INACTIVE, STATUS_NEEDS_SYNC,
@@ -282,6 +283,28 @@ async def test_first_sync_creates_one_subscription_with_signed_state_and_mailbox
         assert (rec.status, rec.subscription_id, rec.lease_owner) == (STATUS_ACTIVE, sub.id, "")
         assert w.store.lookup[sub.id] == mid
     assert w.live(address_only_id("shared@ours.example"))[0].resource == "users/shared@ours.example/mailFolders('Inbox')/messages"
+
+
+async def test_a_subscription_signed_with_the_tenants_domain_is_recreated_with_the_guid_by_the_next_sync():
+    """Entra takes a tenant's domain for tokens, but Graph's notifications carry the tenant's GUID: a
+    clientState signed with the domain never verifies. The sync re-signs it and saves the GUID."""
+    guid = "6f1c2a3b-0000-4000-8000-0000000000aa"
+    old = box("user-1")
+    old.tenant_id = "contoso.onmicrosoft.com"
+    w = World(old)
+    await w.service.sync()  # what a version without tenant resolution did: signed with the domain
+    [before] = w.live("user-1")
+    assert not w.signer.verify(before.state, guid, "user-1")
+
+    async def tenant_id(client: str) -> str:
+        return guid
+    w.graph.tenant_id = tenant_id
+    report = await w.service.sync()
+    assert report["clients"]["main"]["counts"] == {"recreated": 1}
+    [after] = w.live("user-1")
+    assert after.id != before.id and w.signer.verify(after.state, guid, "user-1")
+    assert (await w.registry.get("user-1")).tenant_id == guid
+    assert (await w.service.sync())["clients"]["main"]["counts"] == {"unchanged": 1}  # repaired once
 
 
 async def test_renews_inside_the_window_only_and_keeps_what_graph_granted():
@@ -612,9 +635,10 @@ async def test_add_resolves_the_object_id_or_uses_an_opaque_key_and_subscribes()
                                              "active": False}, CLIENTS, w.clock.now()))
     assert r2.mailbox.id == address_only_id("shared@ours.example") and "@" not in r2.mailbox.id
     assert r2.mailbox.warnings and r2.outcome is None and w.live(r2.mailbox.id) == []
-    with pytest.raises(ValidationError):
+    with pytest.raises(MailboxExists) as exc:  # 409, naming the route that changes it
         await svc.add(mailbox_from_request({"address": "SHARED@ours.example", "client": "main"}, CLIENTS,
                                            w.clock.now()))
+    assert exc.value.kind == "conflict" and f"PATCH /api/manage/mailboxes/{r2.mailbox.id}" in str(exc.value)
     assert (await svc.get("shared@ours.example")).mailbox.id == r2.mailbox.id
 
 
@@ -666,8 +690,8 @@ async def test_patch_deactivates_reactivates_and_moves_client_and_delete_removes
     assert r.outcome.action == "created" and r.mailbox.move_folder == "Processed" and len(w.live("u-a")) == 1
     r = await svc.update("u-a", {"client": "other"})
     assert [s.client for s in w.live("u-a")] == ["other"]
-    r = await svc.update("u-a", {"routing": {"type": "support"}})
-    assert r.outcome is None and w.registry.boxes["u-a"].routing == {"type": "support"}
+    r = await svc.update("u-a", {"routing": {"values": {"type": "support"}}})
+    assert r.outcome is None and w.registry.boxes["u-a"].routing == {"values": {"type": "support"}}
     with pytest.raises(ValidationError, match="address cannot change"):
         await svc.update("u-a", {"address": "b@ours.example"})
     outcome = await svc.delete("u-a")

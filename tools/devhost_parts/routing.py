@@ -3,7 +3,8 @@
 Supported: literal segments (case-insensitive), `{name}`, `{name?}`, `{name=default}`,
 `{name:constraint}` (int, long, bool, guid, alpha, double, float, decimal, datetime; other
 constraints accept any value), and a trailing catch-all `{*name}`. A trailing slash is ignored.
-Literal segments win over parameters, as in ASP.NET's route precedence.
+Which template is tried first is not decided here: like the Functions host, the dev host tries
+routes in the order of their functions' names (tools/devhost.py), not by ASP.NET's precedence.
 """
 from __future__ import annotations
 
@@ -51,16 +52,6 @@ class _Segment:
     default: str | None = None
     catch_all: bool = False
 
-    @property
-    def rank(self) -> int:
-        if self.literal is not None:
-            return 0
-        if self.catch_all:
-            return 4
-        if self.optional or self.default is not None:
-            return 3
-        return 1 if self.constraints else 2
-
 
 class RouteTemplate:
     def __init__(self, template: str, function: str) -> None:
@@ -90,10 +81,6 @@ class RouteTemplate:
                 seen_optional = True
             elif seen_optional:
                 raise DevHostError(f"function '{function}': optional route parameter before a required one in {template!r}")
-
-    @property
-    def precedence(self) -> tuple:
-        return tuple(s.rank for s in self.segments) + (5,)
 
     def match(self, raw_segments: list[str]) -> dict[str, str] | None:
         """Match raw (still percent-encoded) path segments; returns decoded route params or None."""

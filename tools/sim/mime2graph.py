@@ -8,7 +8,14 @@ filenames, missing Message-ID, calendar parts, attached messages).
 What Graph does and this mirrors: the HTML body is preferred over the text one; inline parts
 (Content-ID referenced from a multipart/related HTML body) are attachments with ``isInline``;
 ``hasAttachments`` counts only non-inline attachments (as Outlook shows the paper clip); an
-attached ``message/rfc822`` is an ``itemAttachment`` (no contentBytes; its ``$value`` is the MIME);
+attached ``message/rfc822`` is an ``itemAttachment`` (no contentBytes; its ``$value`` is the MIME:
+learn.microsoft.com/graph/api/attachment-get, "For an item attachment that is a ... message, the raw
+contents returned is in MIME format"), while a report's other parts (``message/delivery-status``,
+``text/rfc822-headers``, ``message/global-headers``, ``message/feedback-report``) are
+``fileAttachment``\ s of their own content type holding the part's bytes; the message's own ``$value``
+(the simulator serves the raw MIME it was given) is how the app reads a report. Graph's own example
+of an item attachment shows ``contentType: null`` (same page, example 2); one converted from a MIME part
+keeps the part's type here, and the app tells item attachments by ``@odata.type``, never by it;
 ``internetMessageId`` keeps its angle brackets; header values are decoded and unfolded.
 Fields the mail store assigns (id, receivedDateTime, parentFolderId, conversationId, ...) are
 left to the simulator. A missing Message-ID gives ``internetMessageId: None``.
@@ -171,7 +178,14 @@ def _attachment(part: Message, html: str, parent_type: str) -> dict[str, Any]:
         return {"@odata.type": "#microsoft.graph.itemAttachment", "name": name,
                 "contentType": ctype, "size": len(data), "isInline": False,
                 "contentId": content_id or None, "_raw": data}
-    data = part.get_payload(decode=True) or b""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        # message/delivery-status (its header blocks), message/global-headers, message/feedback-report,
+        # message/disposition-notification: the email package parsed the content into messages; Exchange
+        # keeps the part's bytes as a fileAttachment of that content type.
+        data = b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+    else:
+        data = part.get_payload(decode=True) or b""
     if not name:
         ext = mimetypes.guess_extension(ctype) or ".bin"
         name = ("calendar" if ctype == "text/calendar" else "attachment") + ext

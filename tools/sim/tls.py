@@ -119,6 +119,12 @@ def _generate(directory: str) -> TestCA:
     return TestCA(directory, ca_path, cert_path, key_path, ca_pem)
 
 
+def make_test_ca(directory: str) -> TestCA:
+    """Another throwaway CA and server certificate in `directory`: one nobody trusts (tests of what
+    a client does with a certificate from an unknown CA)."""
+    return _generate(directory)
+
+
 def get_test_ca() -> TestCA:
     """The process-wide test CA and server certificate, generated on first call."""
     global _ca

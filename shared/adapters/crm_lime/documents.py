@@ -14,7 +14,7 @@ from ...domain.model import DocumentDraft
 
 
 class _Documents:
-    """add_document, add_document_file, get_document and get_document_bytes."""
+    """add_document, add_document_file, find_document, get_document and get_document_bytes."""
 
     # documents ----------------------------------------------------------------------------------
     async def add_document(self, draft: DocumentDraft, data: bytes, key: str) -> str:
@@ -74,6 +74,15 @@ class _Documents:
             await self._require_ticket_on_reject(exc, ticket_id)
             raise
         return str(obj["_id"])
+
+    async def find_document(self, key: str) -> str | None:
+        """The id of the document created under `key`, None when there is none (one query; a retry
+        asks before it reads a large file again). Without the key property nothing can be found."""
+        report = await self._schema()
+        if not self._keyed(report, "document"):
+            return None
+        found = await self._find_key("document", _key_value(key), ("document",))
+        return str(found["_id"]) if found is not None else None
 
     async def _document(self, doc_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         oid = _oid(doc_id) if not str(doc_id).startswith("hd") else None

@@ -18,9 +18,10 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 import httpx
 
 from .. import tls
+from ..errors import unreachable
 from ..http_util import parse_retry_after
 from ... import telemetry
-from ...domain.errors import PermanentError, TransientError
+from ...domain.errors import PermanentError, TransientError, Unavailable
 
 log = logging.getLogger("inbox.crm.lime")
 
@@ -116,11 +117,10 @@ class _Transport:
                                          headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check LIME_CRM_URL") from None
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                untrusted = tls.certificate_problem(exc)
-                if untrusted:  # retrying cannot help until OUTBOUND_CA_BUNDLE is fixed
-                    raise tls.untrusted("Lime CRM", self._base, untrusted, self._ca_bundle) from None
-                error: TransientError = TransientError(f"{what}: unreachable ({type(exc).__name__})")
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+                error: TransientError = unreachable("lime", self._base, exc, self._ca_bundle, what)
+                if error.reason in ("tls_untrusted", "proxy_failed"):
+                    raise error from None  # retrying cannot help until a setting is fixed
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections
                 if write:
                     raise AmbiguousWrite(f"{what}: no answer ({type(exc).__name__})") from None
@@ -136,7 +136,9 @@ class _Transport:
                 if status == 429 or status >= 500:
                     if write and status not in (429, 503):
                         raise AmbiguousWrite(f"{what}: {status} {message[:200]}", retry_after=retry_after)
-                    error = TransientError(f"{what}: {status} {message[:200]}", retry_after=retry_after)
+                    error = Unavailable(f"{what}: {status} {message[:200]}", "lime_unavailable", service="Lime CRM",
+                                        host=httpx.URL(self._base).host, retry_after=retry_after,
+                                        detail={"status": status})
                 elif status in (401, 403):
                     raise LimeRejected(status, f"Lime CRM refused the API key (HTTP {status}: {message[:200]}); "
                                                "check LIME_CRM_API_KEY and the API user's rights")

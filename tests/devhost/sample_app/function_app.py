@@ -48,7 +48,19 @@ async def loop_check(req: func.HttpRequest) -> func.HttpResponse:
     if state["loop"] is not loop:
         raise RuntimeError("a different event loop than on the first invocation")
     await state["queue"].put(1)          # a loop-bound object created on an earlier invocation
-    await asyncio.sleep(float(req.params.get("sleep", "0")))
+    together = int(req.params.get("together", "0"))
+    if together:
+        # Finishes only once `together` invocations are in flight at the same moment: proof that
+        # they run concurrently on this loop, whatever the machine's speed (no timing involved).
+        state.setdefault("in_flight", 0)
+        state["in_flight"] += 1
+        state.setdefault("all_in", asyncio.Event())
+        if state["in_flight"] >= together:
+            state["all_in"].set()
+        try:
+            await asyncio.wait_for(state["all_in"].wait(), 30)
+        except asyncio.TimeoutError:
+            return func.HttpResponse(f"only {state['in_flight']} of {together} ran at once", status_code=500)
     _see("loops", id(loop))
     return func.HttpResponse(json.dumps({"loop": id(loop), "thread": threading.current_thread().name}),
                              mimetype="application/json")

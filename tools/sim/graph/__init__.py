@@ -5,7 +5,9 @@ Owns the HTTP APIs the production code (msgraph-sdk + azure-identity, unchanged)
 * Entra token endpoint (serve it over HTTPS; MSAL refuses http authorities):
   ``GET /{tenant}/v2.0/.well-known/openid-configuration``, ``POST /{tenant}/oauth2/v2.0/token``
   (client_credentials with client_secret, certificate client_assertion verified against the
-  registered certificate, or a federated assertion matched on iss/sub/aud), Entra error shapes.
+  registered certificate, or a federated assertion matched on iss/sub/aud), Entra error shapes; a
+  tenant's verified domains (:meth:`GraphSim.add_domain`) stand for its GUID there, as in Entra, and
+  tokens, the configuration and notifications carry the GUID.
 * Graph ``/v1.0``: users, mail folders, messages ($select, $expand=attachments, $filter on
   receivedDateTime, $orderby, paging with @odata.nextLink), attachments and their ``$value``,
   PATCH / DELETE / move / permanentDelete, subscriptions with the real validation handshake,

@@ -94,6 +94,20 @@ class _AuthMixin:
                 self.set_access_policy(tenant_id, client_id, allowed_mailboxes)
         return client_id
 
+    def add_domain(self, tenant_id: str, domain: str) -> None:
+        """A verified domain of a tenant (contoso.onmicrosoft.com, contoso.com): Entra accepts it in
+        place of the tenant id in token and OpenID-configuration requests, and answers with the
+        tenant's GUID (the token's `tid`, the configuration's issuer and endpoints); Graph's
+        notifications carry the GUID too."""
+        with self._lock:
+            self._tenants.add(tenant_id.lower())
+            self._domains[domain.strip().lower()] = tenant_id.lower()
+
+    def _tenant_of(self, segment: str) -> str:
+        """The tenant GUID a path segment names: the GUID itself or one of its verified domains."""
+        tenant = segment.strip().lower()
+        return self._domains.get(tenant, tenant)
+
     def _app(self, tenant_id: str, client_id: str) -> _App:
         app = self._apps.get((tenant_id.lower(), client_id.lower()))
         if app is None:
@@ -195,7 +209,7 @@ class _AuthMixin:
     # ---------------------------------------------------------------- Entra
 
     def _h_oidc(self, req: Request) -> Response:
-        tenant = req.params["tenant"]
+        tenant = self._tenant_of(req.params["tenant"])  # Entra answers a domain with the tenant's GUID
         if tenant.lower() not in self._tenants and tenant.lower() not in (
                 "common", "organizations", "consumers"):
             return self._entra_error(400, "invalid_tenant", 90002,
@@ -239,7 +253,7 @@ class _AuthMixin:
                           "aliases": [host]}]})
 
     def _h_token(self, req: Request) -> Response:
-        tenant = req.params["tenant"].lower()
+        tenant = self._tenant_of(req.params["tenant"])
         form = req.form()
         if tenant not in self._tenants:
             return self._entra_error(400, "invalid_request", 90002,

@@ -1,7 +1,8 @@
-"""Messages and attachments of the simulated Graph: $select and $expand, the JSON of a message or
-attachment, Prefer (ImmutableId, text or HTML bodies, odata.maxpagesize), list with $filter,
-$orderby and paging, PATCH / DELETE / move / permanentDelete, attachments and their $value, and a
-MIME rendering of a message delivered as JSON (GET .../$value).
+"""Messages and attachments of the simulated Graph: $select and $expand (attachments, and the
+extended property PidTagMessageSize), the JSON of a message or attachment, Prefer (ImmutableId,
+text or HTML bodies, odata.maxpagesize), list with $filter, $orderby and paging, PATCH / DELETE /
+move / permanentDelete, attachments and their $value, and a message's MIME (GET .../$value): the
+bytes it was delivered as, or a rendering of one delivered as JSON.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import json
 import math
 import re
 from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any, Iterable
 from urllib.parse import quote
 
 from .helpers import (
-    _b64url, _b64url_decode, _ci_get, _iso, _new_id, _split_top, html_to_text, text_to_html,
+    _b64url, _b64url_decode, _ci_get, _iso, _new_id, _split_top, html_to_text, parse_datetime, text_to_html,
 )
 from .model import (
     ATTACHMENT_PROPS, ATTACHMENT_SELECT, DRAFT_ONLY, MESSAGE_PROPS, MESSAGE_SELECT, PATCHABLE, _Att,
@@ -57,7 +59,9 @@ def _validate_patch(changes: dict[str, Any]) -> None:
 
 
 def _build_mime(props: dict[str, Any], atts: list[_Att]) -> bytes:
-    """A MIME rendering of a message that was delivered as JSON (for GET .../$value)."""
+    """A MIME rendering of a message that was delivered as JSON (for GET .../$value), as Exchange
+    makes one: its internet headers as they came, the addresses, subject, date and Message-ID from
+    its properties where the headers lack them, the body, then every attachment (base64)."""
     msg = EmailMessage()
 
     def addr(rec: dict[str, Any] | None) -> str:
@@ -82,6 +86,12 @@ def _build_mime(props: dict[str, Any], atts: list[_Att]) -> bytes:
         msg["To"] = ", ".join(addr(r) for r in props["toRecipients"])
     if "subject" not in have:
         msg["Subject"] = props.get("subject") or ""
+    if "cc" not in have and props.get("ccRecipients"):
+        msg["Cc"] = ", ".join(addr(r) for r in props["ccRecipients"])
+    if "reply-to" not in have and props.get("replyTo"):
+        msg["Reply-To"] = ", ".join(addr(r) for r in props["replyTo"])
+    if "date" not in have and props.get("sentDateTime"):
+        msg["Date"] = format_datetime(parse_datetime(props["sentDateTime"]))
     if "message-id" not in have and props.get("internetMessageId"):
         msg["Message-ID"] = props["internetMessageId"]
     body = props.get("body") or {}
@@ -143,6 +153,8 @@ class _MessagesMixin:
             return False, None
         want, att_select = False, None
         for item in _split_top(expand):
+            if re.match(r"\s*singleValueExtendedProperties\b", item, re.I):
+                continue  # _parse_extended() reads it
             m = re.fullmatch(r"\s*attachments\s*(?:\((.*)\))?\s*", item, re.I | re.S)
             if not m:
                 raise HttpError(400, "BadRequest",
@@ -155,6 +167,47 @@ class _MessagesMixin:
                     if key.strip().lower() == "$select":
                         att_select = self._parse_att_select(value)
         return want, att_select
+
+    @staticmethod
+    def _parse_extended(req: Request) -> list[tuple[str, int]]:
+        """`$expand=singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')`: the (type, tag)
+        of each tagged MAPI property asked for ('or' of several ids). Graph accepts the expansion
+        only with such a filter on the id."""
+        expand = req.arg("$expand", ignore_case=True) or ""
+        out: list[tuple[str, int]] = []
+        for item in _split_top(expand):
+            m = re.fullmatch(r"\s*singleValueExtendedProperties\s*(?:\((.*)\))?\s*", item, re.I | re.S)
+            if not m:
+                continue
+            filt = re.fullmatch(r"\s*\$filter\s*=\s*(.+?)\s*", m.group(1) or "", re.I | re.S)
+            ids = re.findall(r"id\s+eq\s+'([^']*)'", filt.group(1), re.I) if filt else []
+            if not ids:
+                raise HttpError(400, "ErrorInvalidUrlQuery",
+                                "An extended property can only be expanded with a $filter on its id "
+                                "(id eq 'Integer 0x0E08').")
+            for pid in ids:
+                tm = re.fullmatch(r"(\w+)\s+0x([0-9a-f]{1,4})", pid.strip(), re.I)
+                if not tm:
+                    raise HttpError(400, "ErrorInvalidExtendedPropertyValue",
+                                    f"The extended property id '{pid}' is not valid.")
+                out.append((tm.group(1).capitalize(), int(tm.group(2), 16)))
+        return out
+
+    @staticmethod
+    def _extended_json(msg: _Msg, wanted: list[tuple[str, int]]) -> list[dict[str, str]]:
+        """The values of the MAPI properties the simulator knows: PidTagMessageSize (0x0E08) as
+        Integer or Long, the store's size of the mail: its headers, body and attachments as stored
+        (binary, not MIME's base64), so it is less than the size of the `$value` MIME."""
+        out = []
+        for kind, tag in wanted:
+            if tag == 0x0E08 and kind in ("Integer", "Long"):
+                props = msg.props
+                headers = sum(len(str(h.get("name", ""))) + len(str(h.get("value", ""))) + 4
+                              for h in props.get("internetMessageHeaders") or ())
+                body = len(str((props.get("body") or {}).get("content") or "").encode("utf-8"))
+                size = headers + body + sum(a.size_hint() for a in msg.attachments)
+                out.append({"id": f"{kind} 0x{tag:x}", "value": str(size)})
+        return out
 
     def _att_json(self, att: _Att, select: list[str] | None = None) -> dict[str, Any]:
         is_file = att.odata_type == "#microsoft.graph.fileAttachment"
@@ -176,8 +229,8 @@ class _MessagesMixin:
         return data
 
     def _msg_json(self, msg: _Msg, select: list[str] | None, expand: bool,
-                  att_select: list[str] | None, immutable: bool, body_type: str | None
-                  ) -> dict[str, Any]:
+                  att_select: list[str] | None, immutable: bool, body_type: str | None,
+                  extended: list[tuple[str, int]] | None = None) -> dict[str, Any]:
         props = msg.props
         data: dict[str, Any] = {"@odata.etag": f'W/"{props["changeKey"]}"',
                                 "id": msg.imm_id if immutable else msg.rest_id}
@@ -195,6 +248,10 @@ class _MessagesMixin:
                 data[name] = props.get(name)
         if expand:
             data["attachments"] = [self._att_json(a, att_select) for a in msg.attachments]
+        if extended:
+            values = self._extended_json(msg, extended)
+            if values:  # Graph leaves the collection out when the item has none of them
+                data["singleValueExtendedProperties"] = values
         return data
 
     def _body_pref(self, ctx: _Ctx) -> tuple[str | None, list[str]]:
@@ -210,19 +267,26 @@ class _MessagesMixin:
     def _h_get_message(self, req: Request, ctx: _Ctx) -> Response:
         select = self._parse_select(req)
         expand, att_select = self._parse_expand(req)
+        extended = self._parse_extended(req)
         body_type, applied = self._body_pref(ctx)
         with self._lock:
             msg = self._find_msg(ctx.mbx, req)  # type: ignore[arg-type]
-            data = self._msg_json(msg, select, expand, att_select, ctx.immutable, body_type)
+            data = self._msg_json(msg, select, expand, att_select, ctx.immutable, body_type, extended)
         return self._odata(data, prefs_applied=applied)
 
     def _h_message_mime(self, req: Request, ctx: _Ctx) -> Response:
+        """GET .../messages/{id}/$value: the MIME exactly as delivered (a mail delivered as MIME), or
+        built from the message's properties and attachments (one delivered as JSON). Graph answers
+        it as text/plain; a large one goes out in chunks, as the attachments' $value does."""
         with self._lock:
             msg = self._find_msg(ctx.mbx, req)  # type: ignore[arg-type]
             raw = msg.raw
             snapshot = None if raw is not None else (dict(msg.props), list(msg.attachments))
         if raw is None and snapshot is not None:
             raw = _build_mime(*snapshot)
+        assert raw is not None
+        if len(raw) > 256 * 1024:
+            return Response(200, stream_bytes(raw), {"Content-Type": "text/plain"}, length=len(raw))
         return Response(200, raw, {"Content-Type": "text/plain"})
 
     def _h_list_messages(self, req: Request, ctx: _Ctx) -> Response:
@@ -230,6 +294,7 @@ class _MessagesMixin:
         assert mbx is not None
         select = self._parse_select(req)
         expand, att_select = self._parse_expand(req)
+        extended = self._parse_extended(req)
         body_type, applied = self._body_pref(ctx)
         if req.arg("$search", ignore_case=True):
             raise HttpError(400, "ErrorInvalidUrlQuery", "$search is not simulated.")
@@ -306,7 +371,7 @@ class _MessagesMixin:
                     more = True
                     break
                 page.append(msg)
-            values = [self._msg_json(m, select, expand, att_select, ctx.immutable, body_type)
+            values = [self._msg_json(m, select, expand, att_select, ctx.immutable, body_type, extended)
                       for m in page]
         data: dict[str, Any] = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#"
                                 f"users('{mbx.id}')/messages"}

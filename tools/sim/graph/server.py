@@ -71,6 +71,7 @@ class GraphSim(_AuthMixin, _MailboxesMixin, _MessagesMixin, _SubscriptionsMixin,
         self._notify_cv = threading.Condition(threading.Lock())
         self._clock_offset = 0.0
         self._tenants: set[str] = set()
+        self._domains: dict[str, str] = {}  # verified domain -> tenant GUID
         self._apps: dict[tuple[str, str], _App] = {}
         self._tokens: dict[str, _Token] = {}
         self._mailboxes: dict[str, _Mailbox] = {}

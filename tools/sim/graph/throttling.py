@@ -56,6 +56,11 @@ class _Throttle:
             self._inflight[key] = inflight + 1
             return True, 0, ""
 
+    def in_flight(self) -> int:
+        """Requests holding a concurrency slot now, over every app and mailbox."""
+        with self._lock:
+            return sum(self._inflight.values())
+
     def release(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._inflight[key] = max(0, self._inflight.get(key, 1) - 1)
@@ -81,7 +86,8 @@ class _ThrottlingMixin:
 
     def throttle_stats(self) -> dict[str, Any]:
         per = self._throttle.throttled if self._throttle else {}
-        return {"throttled": self.throttled_count,
+        in_flight = self._throttle.in_flight() if self._throttle else 0
+        return {"throttled": self.throttled_count, "in_flight": in_flight,
                 "by_app_mailbox": {f"{a}|{m}": n for (a, m), n in per.items()}}
 
     # ---------------------------------------------------------------- error shapes

@@ -338,10 +338,11 @@ class MessageProcessor:
                      job.message_id, report.outcome, report.source or "none",
                      match.ticket.number if match.ticket else "-")
         if match is None or match.ticket is None:
-            # a bounce's own headers are not subject to the parties check only when they thread it
-            # through the original (how="bounce-original"); otherwise the parties decide as for any mail
+            # the parties decide, except for our own mail and for bounces and delivery reports (they
+            # come from mail servers, and thread through what they report on, even without a copy)
             match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject),
-                                      trusted=verdict.kind == policy.OWN, free_mail=d.rules.free_mail_domains)
+                                      trusted=verdict.kind == policy.OWN or bool(verdict.delivery_report),
+                                      free_mail=d.rules.free_mail_domains)
         if match.refused_tags:
             entry.data["refused_tags"] = list(match.refused_tags)
             log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 from urllib.parse import quote
 
+from .records import NEW, UNKNOWN
 from .schema import SchemaReport
 from .transport import LimeRejected, _FileBody
 from .values import _clean_filename, _clip, _key_value, _oid, _rel_id, _time_out, ticket_id_of
@@ -76,8 +77,18 @@ class _Documents:
         return str(obj["_id"])
 
     async def find_document(self, key: str) -> str | None:
-        """The id of the document created under `key`, None when there is none (one query; a retry
-        asks before it reads a large file again). Without the key property nothing can be found."""
+        """The id of the document created under `key`, None when there is none (a retry asks before
+        it reads a large file again). In the mail's write scope our record answers (no request)
+        unless an earlier attempt's outcome is unknown; then one query. Without the key property
+        Lime cannot be asked."""
+        scope = self._scope()
+        if scope is not None and scope.covers(key) and not scope.sole:
+            claim = await self._scope_claim(scope)
+            known = scope.known.get(f"document|{key}")
+            if known:
+                return known
+            if claim.outcome == NEW or (claim.outcome == UNKNOWN and scope.trusted):
+                return None  # our record lists everything made under the mail's key: not this
         report = await self._schema()
         if not self._keyed(report, "document"):
             return None

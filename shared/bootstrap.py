@@ -199,7 +199,7 @@ class Services:
 def _build_crm(settings: Settings, account: StorageAccount, clock: Any) -> Any:
     if settings.crm_backend == "lime":
         from .adapters.crm_lime import LimeCrm
-        # its create records and ticket index live in our storage; their leases follow our clock
+        # its create records and ticket index live in our storage (their leases run on real time)
         return LimeCrm.from_settings(settings, account=account, clock=clock.now)
     from .adapters.crm_table import TableCrm
     return TableCrm(account)

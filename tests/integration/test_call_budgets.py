@@ -89,7 +89,7 @@ class Stack:
     def new_crm(self) -> LimeCrm:
         """A worker's LimeCrm (its own lookup cache), sharing our records with the others."""
         return LimeCrm(self.lime.lime_url, LIME_KEY, records=TableRecordTable(self.account, table=f"lime{self.unique}"),
-                       clock=self.clock.now)
+                       clock=self.clock.now, record_clock=self.clock.now)
 
     def processor(self, crm: Any = None) -> MessageProcessor:
         return MessageProcessor(ProcessDeps(

@@ -442,7 +442,7 @@ async def test_a_person_whose_create_was_interrupted_is_asked_for_even_right_aft
     retry must not trust the lookup it made before: the record's outcome is unknown, so Lime is
     asked, and the person is not created twice."""
     clock = [datetime.now(timezone.utc)]
-    crm = make_lime(lime_sim, lime_account, unique, clock=lambda: clock[0])
+    crm = make_lime(lime_sim, lime_account, unique, record_clock=lambda: clock[0])
     await crm.ensure()
     assert (await crm.lookup_sender("late@example.com", True))[0] is None  # "absent", a moment ago
     (dying,) = await crm._records.claim(["person|late@example.com"], "copy-a")
@@ -455,7 +455,7 @@ async def test_a_person_whose_create_was_interrupted_is_asked_for_even_right_aft
 
 async def test_records_and_the_index_expire_and_an_address_is_erased_from_the_index(lime_sim, lime_account, unique):
     clock = [datetime.now(timezone.utc)]
-    crm = make_lime(lime_sim, lime_account, unique, clock=lambda: clock[0])
+    crm = make_lime(lime_sim, lime_account, unique, record_clock=lambda: clock[0])
     await crm.ensure()
     person = await crm.find_or_create_person("jane@example.com", "Jane")
     ticket = await crm.create_ticket(TicketDraft(title="t", person_id=person, email="jane@example.com",
@@ -485,7 +485,8 @@ async def test_an_upgrade_asks_lime_before_creates_for_a_day(lime_sim, lime_acco
     ticket = await crm.create_ticket(TicketDraft(title="t", person_id=""), "before-upgrade")
     assert ticket.title == "old" and len(lime_sim.objects("helpdesk")) == 1
     assert [c["path"].split("/api/v1/", 1)[1] for c in lime_sim.calls if "/limetype/" not in c["path"]] == ["query/"]
-    fresh = make_lime(lime_sim, lime_account, unique, clock=lambda: datetime.now(timezone.utc) + timedelta(days=2))
+    fresh = make_lime(lime_sim, lime_account, unique,
+                      record_clock=lambda: datetime.now(timezone.utc) + timedelta(days=2))
     await fresh.ensure()  # the epoch row is shared: a day later records are trusted
     lime_sim.calls.clear()
     await fresh.create_ticket(TicketDraft(title="new", person_id=""), "after-upgrade")

@@ -44,6 +44,7 @@ class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _Schema
                  max_file_bytes: int = 100 * 1024 * 1024,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  clock: Callable[[], datetime] | None = None,
+                 record_clock: Callable[[], datetime] | None = None,
                  limiter: SlidingWindowLimiter | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._base = base_url.rstrip("/")
@@ -67,7 +68,9 @@ class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _Schema
         self._schema_lock: asyncio.Lock | None = None
         self._status_back = {v: k for k, v in self.names.statuses.items()}
         # our own records of what we created (records.py) and the scope of the current mail's writes
-        self._records = CreateRecords(records or MemoryRecordTable(), clock=self._now)
+        # the records' leases run on real time (`record_clock` for tests), not on `clock`, which a
+        # test may move by hours: a holder's lease must not end between its check and its write
+        self._records = CreateRecords(records or MemoryRecordTable(), clock=record_clock)
         self._scope_var: contextvars.ContextVar[WriteScope | None] = contextvars.ContextVar(
             f"lime-writes-{id(self)}", default=None)
         self._had_mail: Callable[[], Awaitable[bool]] | None = None

@@ -51,7 +51,7 @@ class _PersonsCompanies:
                                 "lastname": _clip(last, report.length("person", "lastname")), "email": email}
         if company is not None:
             body["company"] = company
-        now = self._now()
+        now = self._records.now()
         obj, created = await self._create_once(
             "person", body, email, lambda: self._find_person_row(email),
             fresh=lambda c: c.created_at is not None and now - c.created_at < PERSON_RECORD_TRUSTED,

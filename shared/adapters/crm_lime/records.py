@@ -319,6 +319,10 @@ class CreateRecords:
         self._legacy_until = since + LEGACY_WINDOW if row.get("upgrade") and since else None
         self._ensured = True
 
+    def now(self) -> datetime:
+        """The records' clock (real time in production: leases must not jump with a test's clock)."""
+        return self._now()
+
     def legacy(self) -> bool:
         """Within a day of an upgrade: a missing record does not prove that nothing was created."""
         return self._legacy_until is not None and self._now() < self._legacy_until

@@ -214,9 +214,9 @@ class _Tickets:
         if row is not None and not new_mids and not new_parties:
             return
         ops: list[tuple[Any, ...]] = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": str(oid),
-                                                  "updated": self._now()}) for m in new_mids]
+                                                  "updated": self._records.now()}) for m in new_mids]
         merged = {"RowKey": ticket_row_key(oid), "kind": "ticket", "mids": json.dumps((old_mids + new_mids)[-200:]),
-                  "parties": json.dumps((old_parties + new_parties)[-MAX_PARTIES:]), "updated": self._now()}
+                  "parties": json.dumps((old_parties + new_parties)[-MAX_PARTIES:]), "updated": self._records.now()}
         if row is None:
             merged["legacy"] = True  # created before the index: its earlier parties are unknown
         ops.append(("upsert", merged))
@@ -248,8 +248,8 @@ class _Tickets:
         oid = str(_oid(ticket.id))
         row = {"RowKey": ticket_row_key(oid), "kind": "ticket", "number": ticket.number, "person": ticket.person_id,
                "company": ticket.company_id, "person_address": email, "parties": json.dumps(parties),
-               "mids": json.dumps(mids), "legacy": False, "updated": self._now()}
-        ops = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": oid, "updated": self._now()})
+               "mids": json.dumps(mids), "legacy": False, "updated": self._records.now()}
+        ops = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": oid, "updated": self._records.now()})
                for m in mids]
         ops.append(("upsert", row))
         await self._index_write(ticket.id, row, ops)

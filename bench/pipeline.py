@@ -22,10 +22,13 @@ minutes per IP, LIME_RATE_LIMIT_REQUESTS=0 here): that limit is a ceiling of its
 
 Reported per run: mails/s end to end (first delivery to last mail finished) and as a share of the
 throttle ceiling (16.7 requests/s / Graph requests per mail x mailboxes), Graph requests per mail
-(all, without and with attachments; 429s apart, and by kind), CRM requests per mail (by kind), CPU
-ms per mail of the dev host processes (from /proc), of this process (the simulators) and of Azurite,
-429s, p50/p99 from delivery to ticket (the ledger's CRM step), where a mail's time goes, and the
-latency the simulators served. Prints JSON; asserts nothing.
+(all, without and with attachments; 429s apart, and by kind), CRM (Lime) and TRAML requests per
+mail by kind, Storage requests per mail by kind (the app's, counted by its clients' request hook,
+shared/adapters/storage_ops.py, and the dev host's own queue traffic as "host ...", read from
+GET /admin/devhost/storage-ops), CPU ms per mail of the dev host processes (from /proc), of this
+process (the simulators) and of Azurite, 429s, p50/p99 from delivery to ticket (the ledger's CRM
+step), where a mail's time goes, and the latency the simulators served. Prints JSON; asserts
+nothing.
 
 `--store-original`: the mailboxes keep each mail's original (`store_original: eml`), and the mails
 are delivered as MIME, so that Graph's `$value` serves them as sent: its cost shows as one more Graph

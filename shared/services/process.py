@@ -10,12 +10,13 @@ Ledger writes, three or four for a plain mail, each one a crash point that a red
      (an extension, or a mail whose headers or subject tag name a ticket: one this attempt created
      could answer them); a new mail that names none decides the same again, and its plan is
      recorded with step 3;
-  3. the CRM step together with the autoreply job: the job is queued first, then both are recorded.
-     A crash in between repeats the CRM step, which writes nothing twice (every create is idempotent
-     by its key, and the CRM's own records answer without asking it again: crm_lime/creates.py),
-     and queues the job again, which the autoreply's claim per ticket makes harmless;
-  4. the mailbox action with the final status: a 404 on it means someone (us, before dying) already
-     did it, and a 404 on the GET after step 3 is a finished mailbox action, not a lost mail.
+  3. the CRM step, before the autoreply job that reads it is queued; a crash before it repeats the
+     CRM step, which writes nothing twice (every create is idempotent by its key, and the CRM's own
+     records answer without asking it again: crm_lime/creates.py);
+  4. the autoreply job queued and the mailbox action done, with the final status: a crash between
+     the job and this write queues the job again, which the autoreply's claim per ticket makes
+     harmless; a 404 on the mailbox action means someone (us, before dying) already did it, and a
+     404 on the GET after step 3 is a finished mailbox action, not a lost mail.
 The placement (which ticket, created or found) is not written on its own: a retry of the same plan
 lands on the same ticket through the same keys. The embedded CRM's reserved ticket number is the
 one write between 2 and 3 (recorded before the ticket is created, so a retry reuses it); Lime
@@ -173,14 +174,10 @@ class MessageProcessor:
             skip = await self._crm_step(mail, mailbox, entry, job)
             if skip:
                 return await self._mailbox_action_then(entry, mailbox, job, SKIPPED, skip)
-            # The CRM step and the autoreply job are recorded in one write: a crash between the job
-            # and the write repeats the CRM step (every write found in our records, none made again)
-            # and queues the job again, which the autoreply's claim per ticket makes harmless.
-            await self._queue_autoreply(entry, mailbox, job)
-            await d.ledger.save(entry)
-        elif entry.data.get("autoreply") and not entry.done(STEP_AUTOREPLY_QUEUED):
-            await self._queue_autoreply(entry, mailbox, job)  # a row an earlier version left in between
-            await d.ledger.save(entry)
+            await d.ledger.save(entry)  # the CRM step, before the job that reads it is queued
+        # The autoreply job is recorded with the mailbox action: a crash in between queues it again
+        # on the retry, which the autoreply's claim per ticket makes harmless.
+        await self._queue_autoreply(entry, mailbox, job)
         return await self._mailbox_action_then(entry, mailbox, job, PROCESSED, "")
 
     async def _queue_autoreply(self, entry: LedgerEntry, mailbox: Mailbox, job: MessageJob) -> None:

@@ -75,9 +75,11 @@ class _KeyedCreates:
 
     @contextlib.asynccontextmanager
     async def mail_writes(self, key: str, owner: str = "", sole: bool = False) -> AsyncIterator[None]:
-        """A write scope for one mail (see the module docstring). `owner` names the mail copy
-        (mailbox and message): a record it left behind in an invocation that is over (the ledger's
-        lease says so) is taken over at once instead of after its lease."""
+        """A write scope for one mail (see the module docstring). `owner` names the writer in the
+        records (the mail copy: mailbox and message). A record it left behind in an invocation
+        that died is taken over when its lease runs out, like anyone's: the ledger's lease ending
+        does not prove that invocation is gone (a slow one, a moved clock), and two writers of one
+        mail's objects would make them twice."""
         scope = WriteScope(key=key, owner=owner or new_owner(), sole=sole)
         token = self._scope_var.set(scope)
         try:
@@ -121,15 +123,15 @@ class _KeyedCreates:
         not claimed yet (one transaction)."""
         owner = scope.owner if scope else new_owner()
         if scope is not None and scope.claim is None and not scope.sole:
-            mine, theirs = await self._records.claim([f"mail|{scope.key}", name], owner, reclaim=owner)
+            mine, theirs = await self._records.claim([f"mail|{scope.key}", name], owner)
             self._take_scope_claim(scope, mine)
             return theirs
-        (claim,) = await self._records.claim([name], owner, reclaim=owner if scope else "")
+        (claim,) = await self._records.claim([name], owner)
         return claim
 
     async def _scope_claim(self, scope: WriteScope) -> Claim:
         if scope.claim is None:
-            (claim,) = await self._records.claim([f"mail|{scope.key}"], scope.owner, reclaim=scope.owner)
+            (claim,) = await self._records.claim([f"mail|{scope.key}"], scope.owner)
             self._take_scope_claim(scope, claim)
         assert scope.claim is not None
         return scope.claim

@@ -12,7 +12,8 @@ any of them together:
   worker that finds a record `created` uses the id in it; one that finds it `creating` waits for
   the holder; one that finds the holder's lease run out (it died, or its answer was lost) takes
   the record over with an If-Match replace and, since the earlier outcome is unknown, asks Lime
-  (the key query) before it creates anything.
+  (the key query) before it creates anything. A lease is 30 s, renewed before a write when a third
+  is left; a holder whose record was taken over meanwhile does not write.
 * the ticket index (tickets.py): `t-<ticket id>` (number, person, company, the addresses party to
   the ticket, its Message-IDs) and `m-<sha256(Message-ID)>` pointers to it: threading and the
   party check read these instead of querying Lime.
@@ -288,7 +289,7 @@ class CreateRecords:
     several rows of the partition in one transaction."""
 
     def __init__(self, table: RecordTable, clock: Callable[[], datetime] | None = None,
-                 lease_seconds: float = 60.0, wait_seconds: float = 30.0,
+                 lease_seconds: float = 30.0, wait_seconds: float = 30.0,
                  sleep: Callable[[float], Any] | None = None) -> None:
         self.table = table
         self._now = clock or (lambda: datetime.now(timezone.utc))
@@ -332,10 +333,8 @@ class CreateRecords:
                 "expires": self._now() + self.lease, "oid": "", "extra": json.dumps(extra or {}),
                 "updated": self._now()}
 
-    async def claim(self, names: Sequence[str], owner: str, reclaim: str = "") -> list[Claim]:
-        """Claim each name for `owner` (inserted together in one transaction when none exists).
-        A record left `creating` by `reclaim` (the same mail copy, whose earlier invocation the
-        ledger says is over) is taken over at once instead of waiting for its lease."""
+    async def claim(self, names: Sequence[str], owner: str) -> list[Claim]:
+        """Claim each name for `owner` (inserted together in one transaction when none exists)."""
         names = list(dict.fromkeys(names))
         if not names:
             return []
@@ -347,10 +346,10 @@ class CreateRecords:
                         for n, r in zip(names, rows)]
             except RecordConflict:
                 if len(names) == 1:
-                    return [await self._claim_one(names[0], owner, reclaim, inserted=False)]
-        return [await self._claim_one(n, owner, reclaim) for n in names]
+                    return [await self._claim_one(names[0], owner, inserted=False)]
+        return [await self._claim_one(n, owner) for n in names]
 
-    async def _claim_one(self, name: str, owner: str, reclaim: str, inserted: bool = True) -> Claim:
+    async def _claim_one(self, name: str, owner: str, inserted: bool = True) -> Claim:
         deadline = time.monotonic() + self.wait
         attempt = 0
         while True:
@@ -372,7 +371,7 @@ class CreateRecords:
                              extra=json.loads(current.get("extra") or "{}"), etag=current["etag"],
                              created_at=table_time(current.get("updated")))
             expires = table_time(current.get("expires"))
-            if (reclaim and current.get("owner") == reclaim) or expires is None or expires <= self._now():
+            if expires is None or expires <= self._now():
                 row = self.creating_row(name, owner, json.loads(current.get("extra") or "{}"))
                 try:
                     etags = await self.table.submit([("replace", row, current["etag"])])

@@ -474,6 +474,21 @@ async def test_records_and_the_index_expire_and_an_address_is_erased_from_the_in
     await crm.close()
 
 
+async def test_a_sole_writer_needs_no_record_and_still_resolves_a_lost_answer_by_asking(lime_crm, lime_sim):
+    """The autoreply's note of a first send: its claim row makes its sender the only writer, so no
+    record is claimed; an answer lost after Lime's commit is resolved by the key query, not POSTed
+    again."""
+    person, ticket = await new_ticket(lime_crm)
+    lime_sim.lose_responses("POST", r"limeobject/history/$")
+    ops = lime_crm._records.table
+    before = len(await ops.scan())
+    async with lime_crm.mail_writes("autoreply:hd1", sole=True):
+        note = await lime_crm.add_history(HistoryDraft(ticket_id=ticket.id, person_id=person, note="sent",
+                                                       date=T0, type="sentemail"), "autoreply:hd1")
+    assert [h["_id"] for h in lime_sim.objects("history")] == [int(note)]
+    assert len(await ops.scan()) == before  # no record written
+
+
 async def test_an_upgrade_asks_lime_before_creates_for_a_day(lime_sim, lime_account, unique):
     """Objects created before the records existed have none: for a day after an upgrade (the app had
     processed mail before), a claim that finds no record asks Lime first."""

@@ -2,6 +2,7 @@
 # Both install what they need first: the app's venv in .venv from the hashed lock
 # requirements-dev.txt, Azurite from tools/azurite's lock file, and for `make test` the checking
 # tools (checkov, pip-tools) in their own venv .venv-tools from requirements-tools.txt.
+# make run RUN_ARGS="--fresh --port 7072" passes options to tools/run_local.py (--help lists them).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -60,7 +61,7 @@ install: $(VENV)/.installed tools/azurite/node_modules/.bin/azurite
 tools: $(TOOLS)/.installed
 
 run: install
-	$(BIN)/python tools/run_local.py
+	$(BIN)/python tools/run_local.py $(RUN_ARGS)
 
 test: install tools worker-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

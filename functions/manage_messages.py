@@ -1,5 +1,5 @@
 """Manage API for failed and unprocessed mail: lists, one mail's trace, recoveries, the status,
-the status page and the privacy erase (auth level FUNCTION; JSON in and out, HTML for the page).
+the admin console and the privacy erase (auth level FUNCTION; JSON in and out, HTML for the console).
 
 Every route parses its input and calls one service (shared/services/status.py, recovery.py,
 privacy.py); `manage()` maps what they raise (functions/http_util.py): bad input 400, unknown
@@ -14,8 +14,9 @@ import azure.functions as func
 from functions.http_util import bool_param, error, int_param, json_body, json_object, json_response, manage
 from shared.bootstrap import services
 from shared.services.recovery import parse_since
-from shared.services.status import dashboard_html, inbox_status, list_messages
+from shared.services.status import inbox_status, list_messages
 from shared.services.steps import message_steps_of
+from shared.web.console import console_page
 
 bp = func.Blueprint()
 log = logging.getLogger("inbox.manage")
@@ -69,10 +70,11 @@ async def manage_status(req: func.HttpRequest) -> func.HttpResponse:
 
 @manage(bp, "manage/dashboard", ["GET"])
 async def manage_dashboard(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(dashboard_html(), status_code=200, mimetype="text/html", charset="utf-8",
+    """The admin console (shared/web/console/): every screen calls the JSON routes above and beside."""
+    page, csp = console_page()
+    return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8",
                              headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                                      "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                      "style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"})
+                                      "Referrer-Policy": "no-referrer", "Content-Security-Policy": csp})
 
 
 @manage(bp, "manage/privacy/erase", ["POST"])

@@ -72,7 +72,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -84,6 +83,7 @@ if __package__:
     from .devhost_parts.functions import Context, FunctionSpec, Out, index_functions
     from .devhost_parts.httpserver import HttpServer, Request, Response
     from .devhost_parts.queues import HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock, output_payloads
+    from .devhost_parts.records import InvocationRecord, close_leftover_sessions, http_subject, queue_subject
     from .devhost_parts.routing import split_path
     from .devhost_parts.timers import TimerRunner
 else:  # run as a script: python tools/devhost.py
@@ -94,6 +94,8 @@ else:  # run as a script: python tools/devhost.py
     from devhost_parts.httpserver import HttpServer, Request, Response  # type: ignore
     from devhost_parts.queues import (HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock,  # type: ignore
                                       output_payloads)
+    from devhost_parts.records import (InvocationRecord, close_leftover_sessions, http_subject,  # type: ignore
+                                       queue_subject)
     from devhost_parts.routing import split_path  # type: ignore
     from devhost_parts.timers import TimerRunner  # type: ignore
 
@@ -108,20 +110,6 @@ DEFAULT_MAX_BODY = 104_857_600
 MESSAGE_LEASE = 600.0   # the queue extension fetches with a 10-minute visibility and renews it
 
 
-@dataclass(frozen=True)
-class InvocationRecord:
-    function: str
-    trigger: str
-    invocation_id: str
-    ok: bool
-    duration_ms: float
-    exception: str | None = None
-    message_id: str | None = None
-    dequeue_count: int | None = None
-    source: str = "trigger"          # "trigger" | "admin"
-    finished_at: float = field(default_factory=time.time)
-
-
 class DevHost:
     """A local Functions host for one function app (see the module docstring)."""
 
@@ -130,9 +118,11 @@ class DevHost:
                  disable_timers: bool = True, only: Iterable[str] | None = None,
                  settings_file: str | os.PathLike | None = None, override_env: bool = True,
                  message_lease: float = MESSAGE_LEASE, shutdown_timeout: float = 10.0,
-                 worker_thread: bool = False) -> None:
+                 worker_thread: bool = False,
+                 on_invocation: Callable[[InvocationRecord], None] | None = None) -> None:
         """`settings` are applied to os.environ (overriding when `override_env`, restored on stop);
-        `settings_file` Values never override the environment, like Core Tools."""
+        `settings_file` Values never override the environment, like Core Tools. `on_invocation` is
+        called with each finished invocation's record (`make run` prints `record.line()`)."""
         self.app_dir = Path(app_dir).resolve()
         self._settings = dict(settings or {})
         self._settings_file = Path(settings_file) if settings_file else None
@@ -145,6 +135,7 @@ class DevHost:
         self.message_lease = float(message_lease)
         self.shutdown_timeout = shutdown_timeout
         self.worker_thread = worker_thread
+        self.on_invocation = on_invocation
 
         self.config: HostConfig = HostConfig()
         self.functions: dict[str, FunctionSpec] = {}
@@ -349,6 +340,10 @@ class DevHost:
                 task.cancel()
         if self._clients:
             await self._clients.close()
+        # what the app opened on our loops (it has no shutdown hook): close it, as a process exit would
+        if self._worker_loop is not None and self._worker_loop is not self._loop:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(close_leftover_sessions(), self._worker_loop))
+        await close_leftover_sessions()
 
     # ------------------------------------------------------------------ invocation core
     async def _call_user(self, spec: FunctionSpec, kwargs: dict) -> Any:
@@ -369,9 +364,12 @@ class DevHost:
                 f"Timeout value of {timeout:g}s exceeded by function '{spec.name}'") from None
 
     async def _execute(self, spec: FunctionSpec, trigger_value: Any, *, message_id: str | None = None,
-                       dequeue_count: int | None = None, source: str = "trigger") -> Any:
+                       dequeue_count: int | None = None, source: str = "trigger", subject: str = "") -> Any:
         """Invoke a function with its trigger value, then write its output bindings."""
         invocation_id = str(uuid.uuid4())
+        if spec.trigger_kind == "queue" and not subject:
+            subject = queue_subject(trigger_value.get_body())
+        status: int | None = None
         outs = {o.arg_name: Out() for o in spec.outputs if o.arg_name != "$return"}
         kwargs: dict[str, Any] = {spec.trigger_arg: trigger_value, **outs}
         if spec.wants_context:
@@ -381,6 +379,7 @@ class DevHost:
         try:
             result = await self._call_user(spec, kwargs)
             response = _to_response(result) if spec.trigger_kind == "http" else None
+            status = response.status if response is not None else None
             for output in spec.outputs:
                 value = result if output.arg_name == "$return" else outs[output.arg_name].get()
                 payloads = output_payloads(value)
@@ -399,9 +398,13 @@ class DevHost:
             raise
         finally:
             ms = (time.perf_counter() - start) * 1000
-            extra = ""
+            if spec.trigger_kind == "http":
+                status = 500 if error is not None else status
+            extra = f" status={status}" if status is not None else ""
             if message_id is not None:
-                extra = f" message_id={message_id} dequeue_count={dequeue_count}"
+                extra += f" queue_message_id={message_id} dequeue_count={dequeue_count}"
+            if subject and spec.trigger_kind != "http":
+                extra += f" {subject}"
             if error is None:
                 log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms) trigger=%s%s",
                          spec.name, invocation_id, ms, spec.trigger_kind, extra)
@@ -415,9 +418,14 @@ class DevHost:
                                 exc_info=error)
             self._record(InvocationRecord(spec.name, spec.trigger_kind, invocation_id, error is None, ms,
                                           None if error is None else type(error).__name__,
-                                          message_id, dequeue_count, source))
+                                          message_id, dequeue_count, source, status=status, subject=subject))
 
     def _record(self, record: InvocationRecord) -> None:
+        if self.on_invocation is not None:  # first: whoever waits for the record sees its line printed
+            try:
+                self.on_invocation(record)
+            except Exception:  # noqa: BLE001 - a printer must not fail the invocation
+                log.exception("on_invocation callback failed")
         with self._records_cv:
             self.invocations.append(record)
             self._records_cv.notify_all()
@@ -531,7 +539,7 @@ class DevHost:
         request = func.HttpRequest(method=req.method, url=url, headers=headers, params=params,
                                    route_params=route_params, body=req.body)
         try:
-            return await self._execute(spec, request)
+            return await self._execute(spec, request, subject=http_subject(req.method, path))
         except Exception:
             return Response(500)
 

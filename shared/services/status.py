@@ -212,15 +212,3 @@ async def message_detail(d: StatusDeps, message_id: str, mailbox_ref: str | None
                    data={k: v for k, v in row.data.items() if not k.startswith("_")})
         return doc
     return None
-
-
-_DASHBOARD: str | None = None
-
-
-def dashboard_html() -> str:
-    """The status page (shared/web/dashboard.html: plain HTML and a little JS, no build step)."""
-    global _DASHBOARD
-    if _DASHBOARD is None:
-        from pathlib import Path
-        _DASHBOARD = (Path(__file__).resolve().parents[1] / "web" / "dashboard.html").read_text(encoding="utf-8")
-    return _DASHBOARD

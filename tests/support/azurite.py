@@ -84,7 +84,15 @@ class Azurite:
 
 
 def start_azurite(location: str | None = None) -> Azurite:
-    return Azurite(free_port(), free_port(), free_port(), location).start()
+    """Azurite on three free ports. A free port is free only until someone takes it: when another
+    process on the machine took one between the probe and Azurite's listen, try new ports."""
+    for attempt in range(5):
+        try:
+            return Azurite(free_port(), free_port(), free_port(), location).start()
+        except RuntimeError as exc:
+            if "EADDRINUSE" not in str(exc) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def external_connection() -> str | None:

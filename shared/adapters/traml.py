@@ -203,15 +203,16 @@ class TramlClient:
             raise PermanentError("TRAML GET mailtemplate did not answer a list")
         return [t for t in doc if isinstance(t, dict)]
 
-    async def template_id(self, name: str) -> int:
+    async def template_id(self, name: str, *, fresh: bool = False) -> int:
         """The id of the template named `name`: cached, else `GET mailtemplate/name/{name}` (one
         small request), else the list (a miss: case-insensitive match, or TemplateNotFound naming
-        the templates there are)."""
+        the templates there are). `fresh` asks TRAML even when the id is cached: an admin saving a
+        mailbox or reading the status must hear about a template deleted since it was cached."""
         wanted = name.strip()
         if not wanted:
             raise TemplateNotFound("no TRAML template name is configured for the mailbox")
         hit = self._templates.get(wanted)
-        if hit is not None and time.monotonic() - hit[1] < self._ttl:
+        if hit is not None and not fresh and time.monotonic() - hit[1] < self._ttl:
             return hit[0]
         found = await self._request("GET", f"mailtemplate/name/{quote(wanted, safe='')}", allow_404=True)
         if isinstance(found, dict) and str(found.get("Id", "")).lstrip("-").isdigit() \

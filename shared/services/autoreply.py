@@ -133,8 +133,9 @@ class TemplateMail:
 
 
 class TransactionalMail(Protocol):
-    async def template_id(self, name: str) -> int:
-        """The id of the template with that name (cached; refreshed on a miss). TemplateNotFound."""
+    async def template_id(self, name: str, *, fresh: bool = False) -> int:
+        """The id of the template with that name (cached unless `fresh`; refreshed on a miss).
+        TemplateNotFound."""
 
     def forget_template(self, name: str) -> None:
         """Drop a cached id (TRAML said it no longer exists)."""

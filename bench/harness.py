@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,20 @@ class BenchStack:
         if resp.status_code != 201:
             raise SystemExit(f"registering {address} failed: {resp.status_code} {resp.text}")
         return resp.json()["id"]
+
+    def storage_ops(self) -> dict[str, int] | None:
+        """Storage requests by kind so far, summed over the dev host processes: the app's
+        ("table ledger update" ...) and the host's own queue traffic ("host inbox-messages get" ...).
+        None when a host does not report them (an older checkout's dev host)."""
+        total: Counter[str] = Counter()
+        for p in self.processes:
+            resp = httpx.get(f"{p.url}/admin/devhost/storage-ops", timeout=10)
+            if resp.status_code != 200:
+                return None
+            doc = resp.json()
+            total.update(doc.get("app") or {})
+            total.update({f"host {k}": v for k, v in (doc.get("host") or {}).items()})
+        return dict(total)
 
     def host_cpu(self) -> float:
         return sum(p.cpu() for p in self.processes)

@@ -22,10 +22,13 @@ minutes per IP, LIME_RATE_LIMIT_REQUESTS=0 here): that limit is a ceiling of its
 
 Reported per run: mails/s end to end (first delivery to last mail finished) and as a share of the
 throttle ceiling (16.7 requests/s / Graph requests per mail x mailboxes), Graph requests per mail
-(all, without and with attachments; 429s apart, and by kind), CRM requests per mail (by kind), CPU
-ms per mail of the dev host processes (from /proc), of this process (the simulators) and of Azurite,
-429s, p50/p99 from delivery to ticket (the ledger's CRM step), where a mail's time goes, and the
-latency the simulators served. Prints JSON; asserts nothing.
+(all, without and with attachments; 429s apart, and by kind), CRM (Lime) and TRAML requests per
+mail by kind, Storage requests per mail by kind (the app's, counted by its clients' request hook,
+shared/adapters/storage_ops.py, and the dev host's own queue traffic as "host ...", read from
+GET /admin/devhost/storage-ops), CPU ms per mail of the dev host processes (from /proc), of this
+process (the simulators) and of Azurite, 429s, p50/p99 from delivery to ticket (the ledger's CRM
+step), where a mail's time goes, and the latency the simulators served. Prints JSON; asserts
+nothing.
 
 `--store-original`: the mailboxes keep each mail's original (`store_original: eml`), and the mails
 are delivered as MIME, so that Graph's `$value` serves them as sent: its cost shows as one more Graph
@@ -145,6 +148,8 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
 
         mails = build_mails(args.mails, boxes, args.attachments, random.Random(args.seed), args.store_original)
         g0, l0, t0 = last_seq(stack.graph.requests), len(stack.lime.calls), len(stack.traml.sent)
+        tr0 = last_seq(stack.traml.requests)
+        ops0 = stack.storage_ops()
         throttled0 = stack.graph.throttled_count
         cpu0, bench_cpu0, azurite_cpu0 = stack.host_cpu(), cpu_seconds(), stack.azurite_cpu()
         deliverer = Deliverer(stack, mails, args.rate)
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
                 wait_for(lambda: len(stack.traml.sent) - t0 >= len(mails), 120, interval=0.5, what="autoreplies")
             except TimeoutError:
                 pass
+        ops = stack.storage_ops()
         cpu = stack.host_cpu() - cpu0
         bench_cpu = cpu_seconds() - bench_cpu0
         azurite_cpu = stack.azurite_cpu() - azurite_cpu0
@@ -194,6 +200,9 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
         graph_kinds = Counter(f"{e['method']} {_shape(e['path'])}" + (" 429" if e["status"] == 429 else "")
                               for e in graph_entries)
         lime_kinds = Counter(f"{c['method']} {_shape(c['path'].split('/api/v1/', 1)[-1])}" for c in lime_calls)
+        traml_kinds = Counter(f"{e['method']} {_shape(e['path'].split('/api/', 1)[-1])}"
+                              for e in stack.traml.requests.entries(since_seq=tr0))
+        storage = {k: v - ops0.get(k, 0) for k, v in ops.items() if v - ops0.get(k, 0)} if ops is not None else {}
 
         statuses: Counter[str] = Counter()
         latencies: list[float] = []
@@ -244,6 +253,9 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
             "mails_with_attachments": len(attached),
             "graph_429s": stack.graph.throttled_count - throttled0,
             "crm_calls_per_mail": len(lime_calls) / n,
+            "storage_ops_per_mail": sum(storage.values()) / n if ops is not None else None,
+            "storage_ops_per_mail_app": sum(v for k, v in storage.items() if not k.startswith("host ")) / n
+            if ops is not None else None,
             "lime_cloud_ceiling_mails_per_s": 3000 / 300 / (len(lime_calls) / n),
             "autoreplies_sent": len(stack.traml.sent) - t0,
             "host_cpu_ms_per_mail": cpu * 1000 / n,
@@ -258,6 +270,8 @@ def run(args: argparse.Namespace, hosts: int) -> dict[str, Any]:
             "stage_ms_p50": {k: pct(v, 50) for k, v in stages.items()},
             "graph_requests_by_kind_per_mail": {k: v / n for k, v in graph_kinds.most_common()},
             "crm_requests_by_kind_per_mail": {k: v / n for k, v in lime_kinds.most_common()},
+            "traml_requests_by_kind_per_mail": {k: v / n for k, v in traml_kinds.most_common()},
+            "storage_ops_by_kind_per_mail": {k: v / n for k, v in sorted(storage.items(), key=lambda kv: -kv[1])},
         }
 
 

@@ -122,13 +122,17 @@ class Services:
         autoreplies = getattr(self.autoreplies, "d", None)
         erasers = [(name, getattr(autoreplies, attr, None)) for name, attr in
                    (("autoreply_claims", "store"), ("autoreply_rate_limits", "limiter"))]
+        purgers = [("autoreply_claims", lambda now, cutoff: autoreplies.store.purge(cutoff)),
+                   ("autoreply_rate_limits", lambda now, cutoff: autoreplies.limiter.purge(now))] \
+            if autoreplies is not None else []
+        if hasattr(self.crm, "erase_address") and hasattr(self.crm, "purge"):
+            # the Lime adapter's own records and ticket index (parties' addresses) in our storage
+            erasers.append(("lime_ticket_index", self.crm))
+            purgers.append(("lime_records", lambda now, cutoff: self.crm.purge(cutoff)))
         return PrivacyService(PrivacyDeps(
             clock=self.clock, retention_days=self.settings.ledger_retention_days, ledger=self.ledger,
             recovery=self.recovery_store, synclog=TimestampPurger(self.account, "synclog"),
-            erasers=[(n, h) for n, h in erasers if h is not None],
-            purgers=[("autoreply_claims", lambda now, cutoff: autoreplies.store.purge(cutoff)),
-                     ("autoreply_rate_limits", lambda now, cutoff: autoreplies.limiter.purge(now))]
-            if autoreplies is not None else []))
+            erasers=[(n, h) for n, h in erasers if h is not None], purgers=purgers))
 
     @cached_property
     def synclog(self) -> Any:
@@ -192,10 +196,11 @@ class Services:
             limit_description=f"{count} per {minutes} minutes"))
 
 
-def _build_crm(settings: Settings, account: StorageAccount) -> Any:
+def _build_crm(settings: Settings, account: StorageAccount, clock: Any) -> Any:
     if settings.crm_backend == "lime":
         from .adapters.crm_lime import LimeCrm
-        return LimeCrm.from_settings(settings, account=account)  # its create locks live in our storage
+        # its create records and ticket index live in our storage (their leases run on real time)
+        return LimeCrm.from_settings(settings, account=account, clock=clock.now)
     from .adapters.crm_table import TableCrm
     return TableCrm(account)
 
@@ -214,7 +219,7 @@ def build_services(settings: Settings | None = None, **overrides: Any) -> Servic
     subscriptions = TableSubscriptionStore(account)
     graph = overrides.get("graph") or GraphAdapter(GraphClients(settings), settings.graph_mailbox_concurrency,
                                                    settings.custom_select)
-    crm = overrides.get("crm") or _build_crm(settings, account)
+    crm = overrides.get("crm") or _build_crm(settings, account, clock)
     services = Services(settings=settings, account=account, clock=clock, signer=signer, queue=queue, ledger=ledger,
                         registry=registry, subscriptions=subscriptions, graph=graph, crm=crm,
                         processor=None, mailboxes=None)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ one event loop per worker serves all invocations.  Performs no I/O.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Iterable, Protocol
 
 from .domain.envelope import Job
 from .domain.mail import InboundMail
@@ -90,10 +90,13 @@ class CrmGateway(Protocol):
     ticket carries `closed_at` (its enddate), which the closed-ticket policies need.
 
     Optional capabilities the processor uses when present: `document_url(doc_id) -> str` (where a
-    stored inline image can be shown from the HTML note, for `cid:` links) and
+    stored inline image can be shown from the HTML note, for `cid:` links),
     `add_document_file(draft, file, key) -> str` (a large attachment streamed from a seekable
-    binary file instead of bytes in memory) and `find_document(key) -> str | None` (the document
-    a key already made, asked on a retry before a large file is read again)."""
+    binary file instead of bytes in memory), `find_document(key) -> str | None` (the document
+    a key already made, asked on a retry before a large file is read again), `mail_writes(key,
+    owner=, sole=)` (an async context manager around one mail's writes, letting the CRM record
+    them together: crm_lime/creates.py), and the batched lookups `lookup_sender` and
+    `match_companies` (shared/services/mail_to_crm.py)."""
 
     async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
         """The person with this email, created (with `company_id`, '' for none) when there is none.
@@ -112,9 +115,11 @@ class CrmGateway(Protocol):
     async def create_ticket(self, draft: TicketDraft, key: str) -> TicketRef: ...
     async def add_history(self, draft: HistoryDraft, key: str) -> str: ...
     async def add_document(self, draft: DocumentDraft, data: bytes, key: str) -> str: ...
-    async def get_ticket(self, number: str) -> TicketRef | None: ...
+    async def get_ticket(self, number: str) -> TicketRef | None:
+        """By number (or ticket id), with its parties where the CRM keeps them."""
     async def find_ticket_by_message_ids(self, ids: list[str]) -> TicketRef | None:
-        """The ticket that holds any of these Message-IDs (threading)."""
-    async def add_message_ids(self, ticket_id: str, ids: list[str]) -> None:
-        """Remember a follow-up's Message-IDs so replies to it thread too."""
+        """The ticket that holds any of these Message-IDs (threading), with its parties."""
+    async def add_message_ids(self, ticket_id: str, ids: list[str], parties: Iterable[str] = ()) -> None:
+        """Remember a follow-up's Message-IDs so replies to it thread too, and its To/Cc addresses
+        as parties of the ticket (idempotent)."""
     async def set_ticket_status(self, ticket_id_or_number: str, status: str) -> TicketRef | None: ...

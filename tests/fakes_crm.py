@@ -164,6 +164,7 @@ class InMemoryCrm:
                 "description": draft.description,
                 "values": json.dumps(draft.values, ensure_ascii=False, sort_keys=True, default=str),
                 "message_ids": json.dumps(ct.merge_message_ids([], draft.message_ids)),
+                "parties": json.dumps(ct.party_list([draft.email], draft.parties)),
                 "startdate": now, "created": now, "updated": now,
             }
             if draft.status == "done":
@@ -194,7 +195,7 @@ class InMemoryCrm:
                 return ct.ticket_ref(self.tickets[number])
         return None
 
-    async def add_message_ids(self, ticket_id: str, ids: list[str]) -> None:
+    async def add_message_ids(self, ticket_id: str, ids: list[str], parties: Any = ()) -> None:
         self._maybe_fail("add_message_ids")
         row = self._ticket(ticket_id)
         if row is None:
@@ -204,6 +205,8 @@ class InMemoryCrm:
         merged = ct.merge_message_ids(old, ids)
         if merged != old:
             row.update(message_ids=json.dumps(merged), updated=self._now())
+        if row.get("parties"):
+            row["parties"] = json.dumps(ct.party_list(json.loads(row["parties"]), parties))
 
     async def set_ticket_status(self, ticket_id_or_number: str, status: str) -> TicketRef | None:
         self._maybe_fail("set_ticket_status")

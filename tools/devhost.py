@@ -82,7 +82,7 @@ if __package__:
                                        load_settings_file)
     from .devhost_parts.functions import Context, FunctionSpec, Out, index_functions
     from .devhost_parts.httpserver import HttpServer, Request, Response
-    from .devhost_parts.queues import QueueListener, StorageClients, output_payloads
+    from .devhost_parts.queues import HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock, output_payloads
     from .devhost_parts.records import InvocationRecord, close_leftover_sessions, http_subject, queue_subject
     from .devhost_parts.routing import split_path
     from .devhost_parts.timers import TimerRunner
@@ -92,7 +92,8 @@ else:  # run as a script: python tools/devhost.py
                                       load_settings_file)
     from devhost_parts.functions import Context, FunctionSpec, Out, index_functions  # type: ignore
     from devhost_parts.httpserver import HttpServer, Request, Response  # type: ignore
-    from devhost_parts.queues import QueueListener, StorageClients, output_payloads  # type: ignore
+    from devhost_parts.queues import (HOST_QUEUE_OPS, QueueListener, StorageClients, _ops_lock,  # type: ignore
+                                      output_payloads)
     from devhost_parts.records import (InvocationRecord, close_leftover_sessions, http_subject,  # type: ignore
                                        queue_subject)
     from devhost_parts.routing import split_path  # type: ignore
@@ -550,6 +551,13 @@ class DevHost:
         if lower == ["host", "status"] and req.method in ("GET", "HEAD"):
             return _json(200, {"id": "devhost", "state": "Running", "version": "devhost",
                                "processUptime": int((time.monotonic() - self._t0) * 1000)})
+        if lower == ["devhost", "storage-ops"] and req.method == "GET":
+            # Storage requests by kind: the host's queue traffic, and the app's when it counts its
+            # own (shared/adapters/storage_ops.py); bench/pipeline.py reads them before and after
+            with _ops_lock:
+                host = dict(HOST_QUEUE_OPS)
+            app = sys.modules.get("shared.adapters.storage_ops")
+            return _json(200, {"host": host, "app": app.COUNTS.snapshot() if app is not None else {}})
         if lower == ["functions"] and req.method == "GET":
             return _json(200, [self._describe(s) for s in self.functions.values()])
         if len(rest) == 2 and lower[0] == "functions":

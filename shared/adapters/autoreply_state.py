@@ -4,10 +4,12 @@ Claims: one row per ticket, PartitionKey "autoreply", RowKey = hash of the ticke
 claim state (claimed -> sent | uncertain | failed | retrying | skipped) and what the admin needs to
 see.  Every write is ETag-guarded (create: insert, fails if it exists; update: If-Match), so two
 workers can never both hold a claim: the loser gets `ClaimConflict`.  Rows in a listable state are
-mirrored into index partitions "autoreply-s-<state>" with RowKey "<inverted time>-<ticket hash>",
-so the manage API lists the newest failed / uncertain / sent autoreplies with one partition query,
-never a table scan; a listing re-reads each main row and skips (and removes) stale index rows left
-by a crash between the two writes.
+mirrored into index rows beside them (same partition, RowKey "s-<state>-<inverted time>-<ticket
+hash>"), written in the same entity group transaction as the claim row (one request), so the
+manage API lists the newest failed / uncertain / sent autoreplies with one range query of the
+partition, never a table scan; a listing re-reads each main row and skips (and removes) stale
+index rows. Index rows written before they moved here live in partitions "autoreply-s-<state>"
+(RowKey "<inverted time>-<ticket hash>"): listed too, and removed as their claims change.
 
 Limits: one row per recipient, PartitionKey "autoreply", RowKey = hash of the lower-cased address,
 holding the sends of the last window as [[token, epoch seconds], ...].  A sliding-window log, so the
@@ -29,12 +31,14 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from ..domain.errors import TransientError
 from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
+from . import table_batch
 from .errors import STORAGE_ERRORS, raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount, TableStore
 
 PARTITION = "autoreply"
-INDEX_PREFIX = "autoreply-s-"
+INDEX_PREFIX = "autoreply-s-"  # index partitions of rows written before the index moved in beside the claims
+INDEX_ROW_PREFIX = "s-"  # index rows now: in the claims' partition (a claim's RowKey is hex: never "s-")
 _INVERT = 10 ** 12  # milliseconds; inverted so the newest sort first
 
 
@@ -46,9 +50,10 @@ def ticket_key(ticket_id: str) -> str:
 
 
 def index_row_key(record: AutoreplyRecord) -> str:
+    """`s-<state>-<inverted time>-<ticket hash>`: a state's rows together, the newest first."""
     when = record.updated_at or _EPOCH
     millis = int((when - _EPOCH).total_seconds() * 1000)
-    return f"{_INVERT - millis:013d}-{ticket_key(record.ticket_id)}"
+    return f"{INDEX_ROW_PREFIX}{record.status}-{_INVERT - millis:013d}-{ticket_key(record.ticket_id)}"
 
 
 # ---- claims ----------------------------------------------------------------------------------------
@@ -101,6 +106,9 @@ class TableAutoreplyStore(TableStore):
         return self._from_entity(ent) if ent is not None else None
 
     async def save(self, record: AutoreplyRecord) -> AutoreplyRecord:
+        """The claim row and its index row in one entity group transaction (both live in the
+        partition "autoreply"): one request. An index row from before the index moved beside the
+        claims is deleted on its own."""
         now = self._clock.now()
         record.created_at = record.created_at or now
         record.updated_at = now
@@ -112,52 +120,68 @@ class TableAutoreplyStore(TableStore):
             if current is None or current.metadata.get("etag") != record.etag:
                 raise ClaimConflict("autoreply row changed by another worker")
             old_index = (current.get("index_pk", ""), current.get("index_rk", ""))
-        index = (INDEX_PREFIX + record.status, index_row_key(record)) if record.status in LISTABLE else ("", "")
+        index = (PARTITION, index_row_key(record)) if record.status in LISTABLE else ("", "")
         entity = self._to_entity(record, index)
+        ops: list[Any] = [("update", entity, {"mode": "replace", "etag": record.etag,
+                                              "match_condition": MatchConditions.IfNotModified})
+                          if record.etag else ("create", entity)]
+        if index[0] and index != old_index:
+            ops.append(("upsert", self._index_entity(record, index), {"mode": "replace"}))
+        if old_index[0] == PARTITION and old_index != index:
+            ops.append(("delete", {"PartitionKey": PARTITION, "RowKey": old_index[1]}))
         try:
-            if record.etag:
-                meta = await self._table.update_entity(entity, mode="replace", etag=record.etag,
-                                                       match_condition=MatchConditions.IfNotModified)
+            if len(ops) == 1:
+                meta = await (self._table.update_entity(entity, mode="replace", etag=record.etag,
+                                                        match_condition=MatchConditions.IfNotModified)
+                              if record.etag else self._table.create_entity(entity))
             else:
-                meta = await self._table.create_entity(entity)
+                meta = (await table_batch.submit(self._table, ops))[0]
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise ClaimConflict("autoreply row changed by another worker") from None
         except STORAGE_ERRORS as exc:
-            if getattr(exc, "status_code", None) in (409, 412):
+            if getattr(exc, "status_code", None) in (404, 409, 412):
                 raise ClaimConflict("autoreply row changed by another worker") from None
             raise_storage(exc, "autoreply write")
-        record.etag = meta.get("etag", "")
-        await self._reindex(record, old_index, index)
+        record.etag = (meta or {}).get("etag", "")
+        if old_index[0] and old_index[0] != PARTITION and old_index != index:
+            await self._delete_index(old_index)
         if len(self._written) > 10_000:
             self._written.clear()
         if record.etag:
             self._written[record.etag] = index
         return record
 
-    async def _reindex(self, record: AutoreplyRecord, old: tuple[str, str], new: tuple[str, str]) -> None:
+    @staticmethod
+    def _index_entity(record: AutoreplyRecord, index: tuple[str, str]) -> dict[str, Any]:
+        return {"PartitionKey": index[0], "RowKey": index[1], "ticket_id": record.ticket_id,
+                "ticket_number": record.ticket_number, "mailbox_id": record.mailbox_id,
+                "updated_at": record.updated_at}
+
+    async def _delete_index(self, index: tuple[str, str]) -> None:
         try:
-            if new[0]:
-                await self._table.upsert_entity({
-                    "PartitionKey": new[0], "RowKey": new[1], "ticket_id": record.ticket_id,
-                    "ticket_number": record.ticket_number, "mailbox_id": record.mailbox_id,
-                    "updated_at": record.updated_at}, mode="replace")
-            if old[0] and old != new:
-                try:
-                    await self._table.delete_entity(old[0], old[1])
-                except ResourceNotFoundError:
-                    pass
+            await self._table.delete_entity(index[0], index[1])
+        except ResourceNotFoundError:
+            pass
         except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply index write")
 
     async def list(self, status: str, limit: int = 100) -> list[AutoreplyRecord]:
+        """Newest first: the state's index rows (a RowKey range of the claims' partition), then
+        those of the partition they had before (rows written by an earlier version)."""
         if status not in LISTABLE:
             raise ValueError(f"status must be one of {', '.join(LISTABLE)}")
-        pk = INDEX_PREFIX + status
+        prefix = f"{INDEX_ROW_PREFIX}{status}-"
+        queries = ((PARTITION, "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                    {"pk": PARTITION, "lo": prefix, "hi": prefix[:-1] + "."}),
+                   (INDEX_PREFIX + status, "PartitionKey eq @pk", {"pk": INDEX_PREFIX + status}))
         rows: list[Any] = []
         try:
-            async for ent in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": pk},
-                                                        results_per_page=min(limit, 1000)):
-                rows.append(ent)
+            for _, flt, params in queries:
+                async for ent in self._table.query_entities(flt, parameters=params,
+                                                            results_per_page=min(limit, 1000)):
+                    rows.append(ent)
+                    if len(rows) >= limit:
+                        break
                 if len(rows) >= limit:
                     break
         except STORAGE_ERRORS as exc:
@@ -168,15 +192,16 @@ class TableAutoreplyStore(TableStore):
             async with sem:
                 record = await self.get(ent["ticket_id"])
                 if record is None or record.status != status:
-                    try:  # a stale index row (crash between the two writes): tidy it away
-                        await self._table.delete_entity(pk, ent["RowKey"])
+                    try:  # a stale index row (a crash between the two writes): tidy it away
+                        await self._table.delete_entity(ent["PartitionKey"], ent["RowKey"])
                     except HttpResponseError:
                         pass
                     return None
                 return record
         found = await asyncio.gather(*(main_row(e) for e in rows))
-        return [r for r in found if r is not None]
-
+        out = [r for r in found if r is not None]
+        out.sort(key=lambda r: r.updated_at or _EPOCH, reverse=True)
+        return out
 
     # maintenance ---------------------------------------------------------------------------------
     async def erase_address(self, address: str) -> int:
@@ -215,8 +240,9 @@ class TableAutoreplyStore(TableStore):
         """Delete claim rows (and their index rows) last updated before `cutoff`."""
         deleted = 0
         try:
-            async for ent in self._table.query_entities(
-                    "PartitionKey eq @pk and updated_at lt @cutoff", parameters={"pk": PARTITION, "cutoff": cutoff},
+            async for ent in self._table.query_entities(  # claim rows only (index rows start with "s-")
+                    "PartitionKey eq @pk and RowKey lt @index and updated_at lt @cutoff",
+                    parameters={"pk": PARTITION, "index": INDEX_ROW_PREFIX, "cutoff": cutoff},
                     select=["RowKey", "index_pk", "index_rk"]):
                 for pk, rk in ((ent.get("index_pk"), ent.get("index_rk")), (PARTITION, ent["RowKey"])):
                     if pk and rk:
@@ -245,7 +271,13 @@ def admit(sends: Iterable[Any], token: str, now: datetime, limit: int,
 
 
 class TableRateLimiter(TableStore):
+    """Counts are kept exact across workers by ETag-guarded writes; each worker remembers the row
+    it last wrote or read per recipient (its ETag and sends), so a count usually costs one request:
+    an If-Match update from what it remembers (a recipient it never saw: an insert), and only when
+    another worker wrote in between, a read and another try."""
+
     ATTEMPTS = 60
+    REMEMBERED = 10_000
 
     def __init__(self, account: StorageAccount, limit: int = 10, window_minutes: int = 180,
                  table: str = "ratelimits", partition: str = PARTITION) -> None:
@@ -254,39 +286,54 @@ class TableRateLimiter(TableStore):
         self.window = timedelta(minutes=window_minutes)
         self.table_name = table
         self._partition = partition
+        self._rows: dict[str, tuple[str, list[Any]]] = {}  # row key -> (etag, sends) as last seen
+
+    def _remember(self, rk: str, etag: str, sends: list[Any]) -> None:
+        if len(self._rows) >= self.REMEMBERED:
+            self._rows.clear()
+        self._rows[rk] = (etag, sends)
 
     async def acquire(self, recipient: str, token: str, now: datetime) -> bool:
         rk = key_hash(recipient)
+        known: tuple[str, list[Any]] | None = self._rows.pop(rk, None) or ("", [])  # unseen: try an insert
         for attempt in range(self.ATTEMPTS):
             try:
-                try:
-                    ent = await self._table.get_entity(self._partition, rk)
-                except ResourceNotFoundError:
-                    ent = None
-                sends = json.loads(ent.get("sends") or "[]") if ent is not None else []
+                if known is None:
+                    try:
+                        ent = await self._table.get_entity(self._partition, rk)
+                        known = (ent.metadata["etag"], json.loads(ent.get("sends") or "[]"))
+                    except ResourceNotFoundError:
+                        known = ("", [])
+                etag, sends = known
                 allowed, new = admit(sends, token, now, self.limit, self.window)
                 if new is None:
+                    if etag:
+                        self._remember(rk, etag, sends)
                     return allowed
                 entity = {"PartitionKey": self._partition, "RowKey": rk, "sends": json.dumps(new), "updated_at": now}
                 try:
-                    if ent is None:
-                        await self._table.create_entity(entity)
+                    if not etag:
+                        meta = await self._table.create_entity(entity)
                     else:
-                        await self._table.update_entity(entity, mode="replace", etag=ent.metadata["etag"],
-                                                        match_condition=MatchConditions.IfNotModified)
+                        meta = await self._table.update_entity(entity, mode="replace", etag=etag,
+                                                               match_condition=MatchConditions.IfNotModified)
+                    self._remember(rk, meta.get("etag", ""), new)
                     return True
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                    pass  # another worker counted first: read again
+                    known = None  # another worker counted first (or the row is not as remembered): read again
                 except STORAGE_ERRORS as exc:
                     if getattr(exc, "status_code", None) not in (409, 412):
                         raise
+                    known = None
             except STORAGE_ERRORS as exc:
                 raise_storage(exc, "rate limit")
-            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
         raise TransientError("the recipient's rate-limit row is contended; try again", retry_after=1)
 
     async def erase_address(self, address: str) -> int:
         """Forget one recipient's count (the privacy erase). The row key is a hash of the address."""
+        self._rows.pop(key_hash(address), None)
         try:
             await self._table.delete_entity(self._partition, key_hash(address))
             return 1

@@ -232,9 +232,21 @@ def iso(value: Any) -> str | None:
 def ticket_ref(row: Mapping[str, Any]) -> TicketRef:
     end = row.get("enddate")
     closed_at = utc(end) if isinstance(end, datetime) and row.get("status") == "done" else None
+    parties = row.get("parties")  # absent on tickets from before parties were recorded: unknown
     return TicketRef(id=row["id"], number=row["number"], status=row.get("status", ""),
                      person_id=row.get("person_id", ""), company_id=row.get("company_id", ""),
-                     title=row.get("title", ""), closed_at=closed_at)
+                     title=row.get("title", ""), closed_at=closed_at,
+                     parties=tuple(json.loads(parties)) if parties else None,
+                     person_address=str(row.get("email") or "").strip().lower() if parties else "")
+
+
+MAX_PARTIES = 200  # addresses kept per ticket
+
+
+def party_list(*groups: Iterable[str]) -> list[str]:
+    """Lower-case addresses, first seen first, at most MAX_PARTIES (the newest kept)."""
+    out = list(dict.fromkeys(a.strip().lower() for g in groups for a in g if a and "@" in a))
+    return out[-MAX_PARTIES:]
 
 
 def ticket_summary(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -659,6 +671,7 @@ class TableCrm:
             "person_id": draft.person_id, "company_id": draft.company_id, "email": draft.email.strip(),
             "linked_ticket_id": draft.linked_ticket_id,
             "message_ids": json.dumps(merge_message_ids([], draft.message_ids)),
+            "parties": json.dumps(party_list([draft.email], draft.parties)),
             "startdate": now, "created": now, "updated": now,
         }
         if draft.status == "done":
@@ -676,7 +689,7 @@ class TableCrm:
 
     @_storage_errors
     async def get_ticket(self, number: str) -> TicketRef | None:
-        """By number (a ticket id 'hd<number>' is accepted too)."""
+        """By number (a ticket id 'hd<number>' is accepted too), with its parties."""
         row = await self._ticket_row(number)
         return ticket_ref(row) if row is not None else None
 
@@ -695,18 +708,28 @@ class TableCrm:
         return None
 
     @_storage_errors
-    async def add_message_ids(self, ticket_id: str, ids: list[str]) -> None:
-        """Remember follow-ups' Message-IDs, so replies to them thread onto this ticket (idempotent)."""
+    async def add_message_ids(self, ticket_id: str, ids: list[str], parties: Iterable[str] = ()) -> None:
+        """Remember follow-ups' Message-IDs, so replies to them thread onto this ticket, and their
+        To/Cc as parties of the ticket (idempotent)."""
         row = await self._ticket_row(ticket_id)
         if row is None:
             raise PermanentError(f"embedded CRM: no ticket {ticket_id}")
         await self._index_message_ids(row["id"], row["number"], ids)
         now = self._now()
+        parties = list(parties)
 
         def mutate(current: dict[str, Any]) -> dict[str, Any] | None:
             old = json.loads(current.get("message_ids") or "[]")
             merged = merge_message_ids(old, ids)
-            return None if merged == old else {**current, "message_ids": json.dumps(merged), "updated": now}
+            known = json.loads(current["parties"]) if current.get("parties") else None
+            # a ticket from before parties were recorded stays without (its earlier To/Cc are unknown)
+            both = party_list(known, parties) if known is not None else None
+            if merged == old and both == known:
+                return None
+            out = {**current, "message_ids": json.dumps(merged), "updated": now}
+            if both is not None:
+                out["parties"] = json.dumps(both)
+            return out
 
         await self._update("helpdesk", "ticket", row["RowKey"], mutate)
 

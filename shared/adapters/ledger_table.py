@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -35,6 +36,7 @@ MAX_TRACE = 60
 # data keys mirrored into the index rows (the sweep decides from the index alone)
 INDEX_DATA = ("retry_at", "retries", "category", "permanent")
 LAST_PARTITION = "s-last"
+LAST_PROCESSED_EVERY = 30.0  # seconds
 # Azure Tables allows at most 15 comparisons in one $filter: PartitionKey + 14 RowKeys.
 _ROWS_PER_QUERY = 14
 
@@ -59,6 +61,7 @@ class TableLedger(TableStore):
         self._account = account
         self._clock = clock
         self.table_name = table
+        self._last_written: dict[str, float] = {}  # mailbox id -> when this worker last wrote its s-last row
 
     # mapping ---------------------------------------------------------------------------------
     def _to_entity(self, e: LedgerEntry) -> dict[str, Any]:
@@ -103,25 +106,24 @@ class TableLedger(TableStore):
 
     async def claim(self, mailbox_id: str, message_id: str, owner: str, lease_seconds: int,
                     correlation_id: str, source: str) -> LedgerEntry:
+        """Most mail is new: the row is inserted first (one request), read only when it exists."""
         now = self._clock.now()
         lease_until = now + timedelta(seconds=lease_seconds)
-        entry = await self.get(mailbox_id, message_id)
-        if entry is None:
-            fresh = LedgerEntry(mailbox_id=mailbox_id, message_id=message_id, status=PROCESSING,
-                                lease_owner=owner, lease_until=lease_until, correlation_id=correlation_id,
-                                source=source, created_at=now, updated_at=now, attempts=1,
-                                trace=[{"at": now.isoformat(), "event": "claimed", "source": source,
-                                        "correlation_id": correlation_id}])
-            try:
-                meta = await self._table.create_entity(self._to_entity(fresh))
-                fresh.etag = meta.get("etag", "")
-                return fresh
-            except ResourceExistsError:
-                entry = await self.get(mailbox_id, message_id)
-                if entry is None:
-                    raise LeaseHeld("ledger row vanished during claim")
-            except STORAGE_ERRORS as exc:
-                raise_storage(exc, "ledger claim")
+        fresh = LedgerEntry(mailbox_id=mailbox_id, message_id=message_id, status=PROCESSING,
+                            lease_owner=owner, lease_until=lease_until, correlation_id=correlation_id,
+                            source=source, created_at=now, updated_at=now, attempts=1,
+                            trace=[{"at": now.isoformat(), "event": "claimed", "source": source,
+                                    "correlation_id": correlation_id}])
+        try:
+            meta = await self._table.create_entity(self._to_entity(fresh))
+            fresh.etag = meta.get("etag", "")
+            return fresh
+        except ResourceExistsError:
+            entry = await self.get(mailbox_id, message_id)
+            if entry is None:
+                raise LeaseHeld("ledger row vanished during claim")
+        except STORAGE_ERRORS as exc:
+            raise_storage(exc, "ledger claim")
         if entry.status in FINISHED:
             return entry
         if (entry.status == PROCESSING and entry.lease_owner and entry.lease_owner != owner
@@ -161,7 +163,13 @@ class TableLedger(TableStore):
         return entry
 
     async def _note_last_processed(self, entry: LedgerEntry) -> None:
-        """Best effort: the status page's "last mail processed" (a lost write only makes it older)."""
+        """Best effort: the status page's "last mail processed" (a lost write only makes it older),
+        written at most every LAST_PROCESSED_EVERY seconds per mailbox by one worker: the figure is
+        a minute's precision, not a write per mail."""
+        now = time.monotonic()
+        if now - self._last_written.get(entry.mailbox_id, float("-inf")) < LAST_PROCESSED_EVERY:
+            return
+        self._last_written[entry.mailbox_id] = now
         try:
             await self._table.upsert_entity({
                 "PartitionKey": LAST_PARTITION, "RowKey": key_hash(entry.mailbox_id, 32),

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 from azure.core.exceptions import ResourceExistsError
 
+from .storage_ops import COUNTS, OpCounter
+
 _DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEV_CONNECTION = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + _DEV_KEY + ";"
@@ -40,8 +42,13 @@ def expand_connection(connection: str) -> str:
 
 
 class StorageAccount:
-    def __init__(self, connection: str, env: Mapping[str, str], prefix: str = "AzureWebJobsStorage") -> None:
+    """`ops` counts every request its clients send, by kind (shared/adapters/storage_ops.py): the
+    process's counter unless a test gives one of its own."""
+
+    def __init__(self, connection: str, env: Mapping[str, str], prefix: str = "AzureWebJobsStorage",
+                 ops: OpCounter | None = None) -> None:
         self._connection = expand_connection(connection) if connection else ""
+        self.ops = ops if ops is not None else COUNTS
         self._env = env
         self._prefix = prefix
         self._credential: Any = None
@@ -73,14 +80,17 @@ class StorageAccount:
         return self._credential
 
     # clients ---------------------------------------------------------------------------------
+    def _options(self, service: str) -> dict[str, Any]:
+        return {**transport_options(), "raw_request_hook": self.ops.hook(service)}
+
     def table_service(self) -> Any:
         if self._tables is None:
             from azure.data.tables.aio import TableServiceClient
             if self._connection:
-                self._tables = TableServiceClient.from_connection_string(self._connection, **transport_options())
+                self._tables = TableServiceClient.from_connection_string(self._connection, **self._options("table"))
             else:
                 self._tables = TableServiceClient(self._service_uri("table"), credential=self._get_credential(),
-                                                  **transport_options())
+                                                  **self._options("table"))
         return self._tables
 
     def table(self, name: str) -> Any:
@@ -97,7 +107,7 @@ class StorageAccount:
             # Uploads over 4 MiB go up in 4 MiB blocks: the SDK's default (one Put Blob up to 64 MiB)
             # reads a whole attachment into memory, and copies it, however it was streamed to us.
             options = dict(max_single_put_size=BLOB_BLOCK_BYTES, max_block_size=BLOB_BLOCK_BYTES,
-                           **transport_options())
+                           **self._options("blob"))
             if self._connection:
                 self._blobs = BlobServiceClient.from_connection_string(self._connection, **options)
             else:
@@ -111,7 +121,7 @@ class StorageAccount:
             from azure.storage.queue import BinaryBase64DecodePolicy, TextBase64EncodePolicy
             from azure.storage.queue.aio import QueueClient
             policies = dict(message_encode_policy=TextBase64EncodePolicy(),
-                            message_decode_policy=BinaryBase64DecodePolicy(), **transport_options())
+                            message_decode_policy=BinaryBase64DecodePolicy(), **self._options("queue"))
             if self._connection:
                 client = QueueClient.from_connection_string(self._connection, name, **policies)
             else:

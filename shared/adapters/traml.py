@@ -1,8 +1,10 @@
 """TRAML (Lime Marketing transactional mail) over its REST API, with httpx (async).
 
-Base URL `https://app.bwz.se/bedrock/<account>/api`, header `apikey` (facts §3.1).  Templates are
-listed with `GET mailtemplate` and matched by Name client-side (no lookup by name exists); the ids
-are cached for `template_ttl` seconds and refreshed on a miss.  `POST transactionmail/sendtemplate`
+Base URL `https://app.bwz.se/bedrock/<account>/api`, header `apikey` (facts §3.1).  A template is
+found by its name with `GET mailtemplate/name/{name}` (the endpoint Lime Inbox itself uses; the
+public facts did not show it, see facts §3.2); its id is cached for `template_ttl` seconds. Only
+when that answers 404 is the whole list read (`GET mailtemplate`): a name that differs only in
+case still matches one template, and the error names the templates there are.  `POST transactionmail/sendtemplate`
 takes the documented fields only, with TRAML's casing (`ExcludeTotaloptouts` has a lower-case o);
 merge codes go on the wire as `HtmlContentTagModels` / `TextContentTagModels` lists of
 `{Name, Value}` (HTML-escaped in the HTML list: a customer's subject must not inject markup).
@@ -26,7 +28,7 @@ import logging
 import random
 import time
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -110,9 +112,7 @@ class TramlClient:
         self._sleep = sleep or asyncio.sleep
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._templates: dict[str, int] = {}
-        self._templates_at = float("-inf")
-        self._refresh_lock: asyncio.Lock | None = None
+        self._templates: dict[str, tuple[int, float]] = {}  # name -> (id, when it was looked up)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> "TramlClient":
@@ -140,9 +140,10 @@ class TramlClient:
             await self._client.aclose()
             self._client = None
 
-    async def _request(self, method: str, path: str, *, json: Any = None, once: bool = False) -> Any:
+    async def _request(self, method: str, path: str, *, json: Any = None, once: bool = False,
+                       allow_404: bool = False) -> Any:
         """One call with the retry policy. `once` (a send): a request that may have reached TRAML
-        without an answer is DeliveryUnknown, never retried."""
+        without an answer is DeliveryUnknown, never retried. `allow_404`: None for a 404."""
         client = self._http()
         what = f"TRAML {method} {path}"
         for attempt in range(1, self._attempts + 1):
@@ -169,6 +170,8 @@ class TramlClient:
                         if once:
                             return {}  # queued; the body is not ours to understand
                         raise TransientError(f"{what}: answer is not JSON") from None
+                if status == 404 and allow_404:
+                    return None
                 if status in AMBIGUOUS_STATUSES and once:
                     raise DeliveryUnknown(f"{what}: {status} from the gateway; the mail may be queued")
                 message, details = _error_parts(response)
@@ -200,34 +203,38 @@ class TramlClient:
             raise PermanentError("TRAML GET mailtemplate did not answer a list")
         return [t for t in doc if isinstance(t, dict)]
 
-    async def template_id(self, name: str) -> int:
+    async def template_id(self, name: str, *, fresh: bool = False) -> int:
+        """The id of the template named `name`: cached, else `GET mailtemplate/name/{name}` (one
+        small request), else the list (a miss: case-insensitive match, or TemplateNotFound naming
+        the templates there are). `fresh` asks TRAML even when the id is cached: an admin saving a
+        mailbox or reading the status must hear about a template deleted since it was cached."""
         wanted = name.strip()
         if not wanted:
             raise TemplateNotFound("no TRAML template name is configured for the mailbox")
-        fresh = time.monotonic() - self._templates_at < self._ttl
-        if fresh and wanted in self._templates:
-            return self._templates[wanted]
-        if self._refresh_lock is None:
-            self._refresh_lock = asyncio.Lock()
-        async with self._refresh_lock:
-            if time.monotonic() - self._templates_at >= 1.0:  # else a waiter ahead of us just refreshed
-                templates = await self.list_templates()
-                self._templates = {str(t.get("Name", "")).strip(): int(t["Id"]) for t in templates
-                                   if str(t.get("Id", "")).lstrip("-").isdigit()}
-                self._templates_at = time.monotonic()
-        if wanted in self._templates:
-            return self._templates[wanted]
-        folded = [tid for n, tid in self._templates.items() if n.casefold() == wanted.casefold()]
+        hit = self._templates.get(wanted)
+        if hit is not None and not fresh and time.monotonic() - hit[1] < self._ttl:
+            return hit[0]
+        found = await self._request("GET", f"mailtemplate/name/{quote(wanted, safe='')}", allow_404=True)
+        if isinstance(found, dict) and str(found.get("Id", "")).lstrip("-").isdigit() \
+                and str(found.get("Name", "")).strip() == wanted:
+            self._templates[wanted] = (int(found["Id"]), time.monotonic())
+            return int(found["Id"])
+        templates = {str(t.get("Name", "")).strip(): int(t["Id"]) for t in await self.list_templates()
+                     if str(t.get("Id", "")).lstrip("-").isdigit()}
+        if wanted in templates:
+            self._templates[wanted] = (templates[wanted], time.monotonic())
+            return templates[wanted]
+        folded = [tid for n, tid in templates.items() if n.casefold() == wanted.casefold()]
         if len(folded) == 1:
+            self._templates[wanted] = (folded[0], time.monotonic())
             return folded[0]
-        known = sorted(self._templates)
+        known = sorted(templates)
         shown = ", ".join(repr(n) for n in known[:15]) + (", ..." if len(known) > 15 else "")
         raise TemplateNotFound(f"TRAML has no mail template named {wanted!r} "
                                f"(templates: {shown or 'none'})")
 
     def forget_template(self, name: str) -> None:
         self._templates.pop(name.strip(), None)
-        self._templates_at = float("-inf")
 
     async def send_template(self, mail: TemplateMail) -> dict[str, Any]:
         doc = await self._request("POST", "transactionmail/sendtemplate", json=wire_body(mail), once=True)

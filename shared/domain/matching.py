@@ -105,3 +105,16 @@ def is_contact(ticket: TicketRef, person_id: str, company_id: str) -> bool:
     if person_id and ticket.person_id and person_id == ticket.person_id:
         return True
     return bool(company_id and ticket.company_id and company_id == ticket.company_id)
+
+
+def is_party(ticket: TicketRef, address: str, person_id: str = "", company_id: str = "") -> bool | None:
+    """May this sender add to the ticket through In-Reply-To/References or its subject tag?
+    (design.md "Threading parties"): its person, a person of its company, or an address that was on
+    To/Cc of a mail already on the ticket. None when the CRM has no record of the ticket's parties
+    (a ticket from before they were recorded) and the sender is not its contact: the caller decides."""
+    addr = (address or "").strip().lower()
+    if addr and ticket.parties is not None and addr in ticket.parties:
+        return True
+    if is_contact(ticket, person_id, company_id):
+        return True
+    return None if ticket.parties is None else False

@@ -103,6 +103,11 @@ class TicketRef:
     company_id: str = ""
     title: str = ""
     closed_at: datetime | None = None  # when status is done: its enddate (closed-ticket policies)
+    # Threading parties (shared/services/mail_to_crm.py): the lower-case addresses of the ticket's
+    # person and of every To/Cc of the mails on it, and its person's address; None where the CRM has
+    # no record of them (a ticket from before they were recorded, or a lookup that did not ask)
+    parties: tuple[str, ...] | None = None
+    person_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class TicketDraft:
     values: dict[str, Any] = field(default_factory=dict)  # routing: helpdesk type and other defaults
     message_ids: tuple[str, ...] = ()  # Message-IDs of the mail, for threading replies later
     linked_ticket_id: str = ""
+    parties: tuple[str, ...] = ()  # the mail's To/Cc addresses: with `email`, the ticket's first parties
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """send_autoreply: the autoreply of one new ticket through TRAML, at most once, threaded, loop-proof.
 
-job -> (already decided? stop) -> the mail's ledger row (ticket, title, reply address, Message-ID)
--> mailbox still has autoreplies on -> template id by name -> per-recipient rate limit -> CLAIM
--> TRAML sendtemplate -> SENT -> `sentemail` history note on the ticket.
+job -> the mail's ledger row (ticket, title, reply address, Message-ID) -> mailbox still has
+autoreplies on -> template id by name -> CLAIM (an insert: a row already there means the job was
+seen before, and its state decides) -> per-recipient rate limit -> TRAML sendtemplate ->
+`sentemail` history note on the ticket -> SENT, with the note, in one write.
 
 At most once.  TRAML cannot be asked whether a mail went out (no lookup by ExternalId), so a send
 whose outcome is unknown must never be repeated automatically:
@@ -132,8 +133,9 @@ class TemplateMail:
 
 
 class TransactionalMail(Protocol):
-    async def template_id(self, name: str) -> int:
-        """The id of the template with that name (cached; refreshed on a miss). TemplateNotFound."""
+    async def template_id(self, name: str, *, fresh: bool = False) -> int:
+        """The id of the template with that name (cached unless `fresh`; refreshed on a miss).
+        TemplateNotFound."""
 
     def forget_template(self, name: str) -> None:
         """Drop a cached id (TRAML said it no longer exists)."""
@@ -326,31 +328,41 @@ class AutoreplyService:
             return await self._retry(job, exc)
 
     async def _attempt(self, job: AutoreplyJob) -> AutoreplyOutcome:
+        """Most jobs are a ticket's first: its claim row is inserted without reading it first, and
+        only a row found there (a redelivery, a resend) is read and settled."""
         d = self.d
-        record = await d.store.get(job.ticket_id)
-        if record is not None:
-            done = await self._settled(job, record)
-            if done is not None:
-                return done
-        try:
-            plan = await self._plan(job, record)
-            if isinstance(plan, AutoreplyOutcome):
-                return plan
-            template_id = await d.traml.template_id(plan.template)
-            if not (record and record.resend_requested):
-                if not await d.limiter.acquire(plan.recipient, ticket_token(job.ticket_id), d.clock.now()):
+        record: AutoreplyRecord | None = None
+        for _ in range(2):
+            if record is not None:
+                done = await self._settled(job, record)
+                if done is not None:
+                    return done
+            try:
+                plan = await self._plan(job, record)
+                if isinstance(plan, AutoreplyOutcome):
+                    return plan
+                template_id = await d.traml.template_id(plan.template)
+                first, resend = record is None, bool(record and record.resend_requested)
+                record = await self._claim(job, record, plan)
+                # counted once the claim is ours: a repeated job (found claimed above) counts nothing
+                if not resend and not await d.limiter.acquire(plan.recipient, ticket_token(job.ticket_id),
+                                                              d.clock.now()):
                     return await self._decide(job, record, SKIPPED,
                                               f"rate limit: the recipient already got {d.limit_description}",
                                               plan=plan)
-            record = await self._claim(job, record, plan)
-        except ClaimConflict as exc:
-            return await self._later(job, 2.0, str(exc))
-        except TransientError as exc:
-            await self._note_retry(job, record, exc)
-            raise
-        except PermanentError as exc:
-            return await self._decide(job, record, FAILED, "", error=str(exc))
-        return await self._deliver(job, record, plan, template_id)
+            except ClaimConflict as exc:
+                if record is None:  # a row exists after all: read it and go on from it
+                    record = await d.store.get(job.ticket_id)
+                    if record is not None:
+                        continue
+                return await self._later(job, 2.0, str(exc))
+            except TransientError as exc:
+                await self._note_retry(job, record, exc)
+                raise  # send() waits for the dependency (the retry schedule)
+            except PermanentError as exc:
+                return await self._decide(job, record, FAILED, "", error=str(exc))
+            return await self._deliver(job, record, plan, template_id, first)
+        return await self._later(job, 2.0, "the autoreply row changed meanwhile")
 
     async def _settled(self, job: AutoreplyJob, record: AutoreplyRecord) -> AutoreplyOutcome | None:
         """What to do with a ticket that already has a claim row; None: go on and (re)try."""
@@ -419,7 +431,11 @@ class AutoreplyService:
         return await self.d.store.save(record)  # ClaimConflict: another worker claimed first
 
     async def _deliver(self, job: AutoreplyJob, record: AutoreplyRecord, plan: _Plan,
-                       template_id: int) -> AutoreplyOutcome:
+                       template_id: int, first: bool = False) -> AutoreplyOutcome:
+        """Send, write the `sentemail` note, then record SENT with the note in one write. A worker
+        that dies between the send and that write leaves the claim to become *uncertain* (as it
+        would between the send and any record of it). `first`: the ticket's first claim, so no
+        earlier attempt can have written the note (it is written without asking the CRM first)."""
         d = self.d
         try:
             result = await self._send_template(plan, template_id, job)
@@ -441,10 +457,13 @@ class AutoreplyService:
         record.sent_at = d.clock.now()
         record.claimed_until = None
         self._trace(record, SENT, transaction=record.transaction_id)
-        record = await self._save_verdict(record)
         log.info("autoreply.sent correlation=%s ticket=%s transaction=%s", job.correlation_id,
                  record.ticket_number, record.transaction_id)
-        await self._history(job, record, plan)
+        try:
+            await self._history(job, record, plan, sole=first and not record.resend_requested)
+        except TransientError:
+            await self._save_verdict(record)  # SENT without its note: the redelivery writes only the note
+            raise
         return AutoreplyOutcome(SENT, "", record.transaction_id)
 
     async def _send_template(self, plan: _Plan, template_id: int, job: AutoreplyJob) -> dict[str, Any]:
@@ -484,8 +503,11 @@ class AutoreplyService:
                 raise
         raise PermanentError("TRAML kept rejecting the autoreply's headers")
 
-    async def _history(self, job: AutoreplyJob, record: AutoreplyRecord, plan: _Plan | None = None) -> None:
-        """The `sentemail` note on the ticket (idempotent by a key derived from the ticket)."""
+    async def _history(self, job: AutoreplyJob, record: AutoreplyRecord, plan: _Plan | None = None,
+                       sole: bool = False) -> None:
+        """The `sentemail` note on the ticket (idempotent by a key derived from the ticket), then
+        the verdict saved with it. `sole`: this claim is the only writer of the note and no earlier
+        attempt wrote it (the CRM need not look for it first)."""
         d = self.d
         data: dict[str, Any] = plan.data if plan else {}
         sender = plan.mailbox.address if plan else ""
@@ -498,10 +520,16 @@ class AutoreplyService:
         note = (f"Autoreply sent to {record.recipient} from {sender} "
                 f"with TRAML template '{record.template}' (transaction {record.transaction_id or '-'}): "
                 f"{autoreply_subject(str(data.get('title', '')), record.ticket_number)}")
+        key = history_key(record.ticket_id)
+        draft = HistoryDraft(ticket_id=record.ticket_id, person_id=str(data.get("person_id", "")), note=note[:4000],
+                             date=sent, type="sentemail")
+        writes = getattr(d.crm, "mail_writes", None)
         try:
-            record.history_id = await d.crm.add_history(HistoryDraft(
-                ticket_id=record.ticket_id, person_id=str(data.get("person_id", "")), note=note[:4000], date=sent,
-                type="sentemail"), history_key(record.ticket_id))
+            if writes is not None and sole:
+                async with writes(key, sole=True):
+                    record.history_id = await d.crm.add_history(draft, key)
+            else:
+                record.history_id = await d.crm.add_history(draft, key)
         except PermanentError as exc:
             # The mail went out; the CRM refused the note. Keep the verdict, show the error.
             record.last_error = f"history note not recorded: {exc}"
@@ -540,6 +568,7 @@ class AutoreplyService:
     async def _decide(self, job: AutoreplyJob, record: AutoreplyRecord | None, status: str, reason: str,
                       error: str = "", plan: _Plan | None = None) -> AutoreplyOutcome:
         """Record a verdict reached without sending (skipped, or failed before any send)."""
+        fresh = record is None
         record = record or self._new_record(job)
         record.status, record.reason, record.last_error = status, reason, error
         record.resend_requested = False
@@ -550,6 +579,11 @@ class AutoreplyService:
         try:
             await self.d.store.save(record)
         except ClaimConflict:
+            existing = await self.d.store.get(job.ticket_id) if fresh else None
+            if existing is not None:  # a row was there after all (this job was not the ticket's first)
+                settled = await self._settled(job, existing)
+                if settled is not None:
+                    return settled
             return await self._later(job, 1.0, "autoreply row changed")
         log.info("autoreply.%s correlation=%s ticket=%s reason=%s", status, job.correlation_id,
                  job.ticket_number, redact(reason or error))

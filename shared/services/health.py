@@ -69,7 +69,7 @@ def _public(url: str) -> bool:
 @dataclass
 class HealthDeps:
     settings: Settings
-    traml: Any  # template_id(name) (cached by the adapter)
+    traml: Any  # template_id(name, fresh=True): TRAML is asked on every status, once per template
     traml_configured: bool
     autoreply_store: Any = None  # list(status, limit)
     crm: Any = None  # Lime: schema_report (the last check, no I/O)
@@ -124,6 +124,7 @@ async def _autoreply_warnings(d: HealthDeps, boxes: list[Mailbox]) -> list[dict[
                    "configured: no autoreply is sent", "set TRAML_BASE_URL and TRAML_API_KEY, or switch its "
                    "autoreplies off", mailbox=b.address) for b in wanting]
     unreachable: dict[str, Any] | None = None
+    asked: dict[str, BaseException | None] = {}  # each template asked once per status, afresh
     for box in wanting:
         name = box.autoreply.template.strip()
         if not name:
@@ -134,7 +135,14 @@ async def _autoreply_warnings(d: HealthDeps, boxes: list[Mailbox]) -> list[dict[
         if unreachable is not None:
             continue
         try:
-            await asyncio.wait_for(d.traml.template_id(name), TRAML_CHECK_SECONDS)
+            if name not in asked:
+                try:
+                    await asyncio.wait_for(d.traml.template_id(name, fresh=True), TRAML_CHECK_SECONDS)
+                    asked[name] = None
+                except TemplateNotFound as exc:
+                    asked[name] = exc
+            if asked[name] is not None:
+                raise asked[name]
         except TemplateNotFound as exc:
             out.append(_w("autoreply_template_unknown", f"mailbox {box.address}: {exc}", "create the template in "
                           f"TRAML or PATCH /api/manage/mailboxes/{box.id} with the right 'autoreply.template'",

@@ -60,7 +60,7 @@ class MailboxChecks:
                           "traml_not_configured", field="autoreply.enabled")
         name = box.autoreply.template.strip()
         try:
-            await self.traml.template_id(name)
+            await self.traml.template_id(name, fresh=True)  # not the sender's cache: deleted since?
         except TemplateNotFound as exc:
             raise Refusal(f"'autoreply.template': {exc}; create the template in TRAML or correct the name",
                           "template_unknown", field="autoreply.template", detail={"template": name}) from None

@@ -1,15 +1,30 @@
 """process_message: one mail of one mailbox becomes CRM objects, in resumable steps.
 
-claim (lease) -> GET mail -> in the subscribed Inbox? -> classify -> CRM writes (idempotent by a key
-derived from the mail) -> queue the autoreply job -> mailbox action -> Processed.
+claim (lease) -> GET mail -> in the subscribed Inbox? -> classify -> decision -> CRM writes
+(idempotent by a key derived from the mail) -> queue the autoreply job -> mailbox action -> Processed.
 
-Each finished step is recorded on the ledger row; a redelivery resumes after the last one.  A worker
-may die between any two steps: every CRM write is idempotent, the ticket number is reserved and
-recorded before the ticket is created, the autoreply is deduplicated per ticket by its sender, and
-a 404 on the mailbox action means someone (us, before dying) already did it.
+Ledger writes, three or four for a plain mail, each one a crash point that a redelivery resumes from:
+  1. the claim (an insert: the lease);
+  2. the decision (the plan), before any CRM write: a redelivery carries out the same plan, and the
+     processing extension is never asked twice. Written only where a retry could decide otherwise
+     (an extension, or a mail whose headers or subject tag name a ticket: one this attempt created
+     could answer them); a new mail that names none decides the same again, and its plan is
+     recorded with step 3;
+  3. the CRM step, before the autoreply job that reads it is queued; a crash before it repeats the
+     CRM step, which writes nothing twice (every create is idempotent by its key, and the CRM's own
+     records answer without asking it again: crm_lime/creates.py);
+  4. the autoreply job queued and the mailbox action done, with the final status: a crash between
+     the job and this write queues the job again, which the autoreply's claim per ticket makes
+     harmless; a 404 on the mailbox action means someone (us, before dying) already did it, and a
+     404 on the GET after step 3 is a finished mailbox action, not a lost mail.
+The placement (which ticket, created or found) is not written on its own: a retry of the same plan
+lands on the same ticket through the same keys. The embedded CRM's reserved ticket number is the
+one write between 2 and 3 (recorded before the ticket is created, so a retry reuses it); Lime
+numbers its tickets itself and needs none.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import uuid
@@ -21,7 +36,7 @@ from typing import Any, Awaitable, Callable
 from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
 from ..domain import decision as dec
-from ..domain import mailbox_rules, matching, policy, retry
+from ..domain import mailbox_rules, policy, retry
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
@@ -36,7 +51,7 @@ from .attachments import REPORT_PART, AttachmentResult, AttachmentRules, Attachm
 from .delivery_reports import find_report_thread, read_report
 from .extension import Extension, run_extension
 from .failures import clear_failed_category
-from .mail_to_crm import Sender, find_thread, identify_sender
+from .mail_to_crm import Sender, find_thread, identify_sender, same_organisation, sender_from_ticket
 
 log = logging.getLogger("inbox.process")
 
@@ -164,62 +179,83 @@ class MessageProcessor:
             skip = await self._crm_step(mail, mailbox, entry, job)
             if skip:
                 return await self._mailbox_action_then(entry, mailbox, job, SKIPPED, skip)
-        if entry.data.get("autoreply") and not entry.done(STEP_AUTOREPLY_QUEUED):
-            await d.queue.send(QUEUE_AUTOREPLIES, AutoreplyJob(
-                mailbox_id=mailbox.id, message_id=job.message_id, ticket_id=entry.data["ticket_id"],
-                ticket_number=entry.data["ticket_number"], correlation_id=job.correlation_id))
-            _step(entry, d.clock, STEP_AUTOREPLY_QUEUED)
-            await d.ledger.save(entry)
+            await d.ledger.save(entry)  # the CRM step, before the job that reads it is queued
+        # The autoreply job is recorded with the mailbox action: a crash in between queues it again
+        # on the retry, which the autoreply's claim per ticket makes harmless.
+        await self._queue_autoreply(entry, mailbox, job)
         return await self._mailbox_action_then(entry, mailbox, job, PROCESSED, "")
 
-    async def _crm_step(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob) -> str:
-        """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored.
+    async def _queue_autoreply(self, entry: LedgerEntry, mailbox: Mailbox, job: MessageJob) -> None:
+        if entry.data.get("autoreply") and not entry.done(STEP_AUTOREPLY_QUEUED):
+            await self.d.queue.send(QUEUE_AUTOREPLIES, AutoreplyJob(
+                mailbox_id=mailbox.id, message_id=job.message_id, ticket_id=entry.data["ticket_id"],
+                ticket_number=entry.data["ticket_number"], correlation_id=job.correlation_id))
+            _step(entry, self.d.clock, STEP_AUTOREPLY_QUEUED)
 
-        Order: classify -> identify the sender (lookups only) -> thread (a delivery report through the
-        original it carries, then References, then subject tag of a ticket the sender is a contact of)
-        -> skip automated mail that belongs to no ticket -> the decision (default policy, then the
-        processing extension) recorded on the ledger as the plan -> person -> ticket (new, successor of
-        a closed one, or existing), its number added to the plan -> reopen -> Message-ID -> attachments
-        -> the original .eml (store_original) -> overflow documents -> history note."""
+    async def _crm_step(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob) -> str:
+        """All CRM writes for the mail. Returns a skip reason, or '' when the mail was stored (the
+        step is recorded on `entry`, which the caller saves with the autoreply job).
+
+        Order: classify -> thread (a delivery report through the original it carries, then
+        References, then subject tag, each of the last two only for a party to the ticket) and
+        identify the sender (lookups only; not even those when the ticket's own person writes
+        again) -> skip automated mail that belongs to no ticket -> the decision (default policy,
+        then the processing extension) as the plan -> person -> ticket (new, successor of a closed
+        one, or existing) -> reopen -> Message-IDs and parties -> attachments -> the original .eml
+        (store_original) -> overflow documents -> history note. The CRM sees the writes as one
+        scope (`mail_writes`, where it has it: Lime records them together, crm_lime/creates.py); a
+        retry carries out the same plan, and every create is idempotent by its key."""
         d = self.d
-        rules = d.rules
         try:  # the manage API refuses to save these; a row written before it did still stops here
             mailbox_rules.check_processable(mailbox)
         except mailbox_rules.MailboxRuleError as exc:
             raise PermanentError(f"mailbox {mailbox.id} is misconfigured: {exc}") from None
+        writes = getattr(d.crm, "mail_writes", None)
+        key = mail.idempotency_key()
+        if writes is None:
+            return await self._crm_writes(mail, mailbox, entry, job, key)
+        async with writes(key, owner=_copy_id(mailbox.id, job.message_id)):
+            return await self._crm_writes(mail, mailbox, entry, job, key)
+
+    async def _crm_writes(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob,
+                          key: str) -> str:
+        d = self.d
+        rules = d.rules
         own = await d.own_addresses() if d.own_addresses else frozenset()
         verdict = policy.classify(mail, own, rules.own_message_id_hosts)
-        key = mail.idempotency_key()
         entry.data["key"] = key
         if verdict.automated:
             entry.data["automated"] = verdict.reason
         plan = entry.data.get("plan")
-        if plan and plan.get("number"):  # a retry: the ticket was placed (and maybe written to) before the crash
+        matched: TicketRef | None = None  # the ticket the decision looked at, as it was then
+        if plan and plan.get("number"):  # a row an earlier version saved after placing the ticket
             ticket = await d.crm.get_ticket(plan["number"])
             if ticket is None:
                 raise PermanentError(f"ticket {plan['number']} chosen for this mail no longer exists")
             action, person_id, company_id = plan["action"], plan["person_id"], plan["company_id"]
         else:
             if not plan:  # a retry after the decision finishes it: the extension is not asked again
-                plan = await self._decide(mail, mailbox, entry, job, verdict)
-                if plan is None:
+                decided = await self._decide(mail, mailbox, entry, job, verdict)
+                if decided is None:
                     report = entry.data.get("report")
                     return unthreaded_reason(verdict.reason, DeliveryReport.from_summary(report) if report else None)
+                plan, matched = decided
             if plan["action"] == dec.SKIP:
                 return plan["skip_reason"]
             person_id, company_id = plan["person_id"], plan["company_id"]
             if not verdict.automated and not person_id:
                 person_id = await d.crm.find_or_create_person(*_sender_of(mail), company_id)
-            ticket, action = await self._place(mail, mailbox, entry, plan, person_id, key)
+            ticket, action = await self._place(mail, mailbox, entry, plan, person_id, key, matched)
             plan.update(number=ticket.number, action=action, person_id=person_id)
             entry.data["plan"] = plan
-            await d.ledger.save(entry)  # the placement survives a crash: a retry finishes this ticket
         if action == REOPENED and ticket.status != conv.OPEN_STATUS:
             ticket = await d.crm.set_ticket_status(ticket.id, conv.OPEN_STATUS) or ticket
-        # A ticket this mail created holds its Message-ID already (when the CRM numbers tickets
-        # itself, "created" cannot be told from "joined": add it, the write is idempotent).
-        if mail.internet_message_id and not (action in CREATED and entry.data.get("reserved_number")):
-            await d.crm.add_message_ids(ticket.id, [mail.internet_message_id])
+        # A ticket this mail created holds its Message-IDs and parties already (when the CRM numbers
+        # tickets itself, "created" cannot be told from "joined": add them, the write is idempotent
+        # and costs nothing where the CRM knows it created them).
+        mids = [m for m in (mail.internet_message_id,) if m]
+        if (mids or mail.recipients) and not (action in CREATED and entry.data.get("reserved_number")):
+            await d.crm.add_message_ids(ticket.id, mids, parties=_parties_of(mail))
 
         documents = AttachmentStore(d.mail, d.crm, AttachmentRules(
             max_bytes=rules.attachment_max_bytes, inline=rules.attachments_inline))
@@ -232,6 +268,11 @@ class MessageProcessor:
         report = entry.data.get("report")
         header = policy.automated_note_lines(
             verdict, DeliveryReport.from_summary(report).note_lines() if report else ())
+        refused = plan.get("refused_thread") or {}
+        if refused and action in CREATED:
+            header.append(f"This mail replies to ticket {refused.get('ticket')}, but its sender is not a party to "
+                          "that ticket (its person, a person of its company, or on To/Cc of its mails): it opened "
+                          "this ticket instead.")
         note = policy.render_note(mail, rules.note_format, rules.note_max_chars, cid_map, header,
                                   _skipped_lines(results) + (original.note_lines() if original else []))
         extra_documents: list[str] = []
@@ -270,21 +311,26 @@ class MessageProcessor:
             is_new and mailbox.autoreply.enabled and not verdict.automated
             and d.clock.now() - mail.received_at < AUTOREPLY_MAX_AGE)
         _step(entry, d.clock, STEP_CRM, ticket=ticket.number, new_ticket=is_new, action=action)
-        await d.ledger.save(entry)
         log.info("process.crm-stored correlation=%s message=%s ticket=%s action=%s documents=%s", job.correlation_id,
                  job.message_id, ticket.number, action, sum(1 for r in results if r.status == "stored"))
         return ""
 
     async def _decide(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, job: MessageJob,
-                      verdict: Any) -> dict[str, Any] | None:
-        """The ticket decision: sender and thread lookups, the default policy, then the processing
-        extension. Recorded on the ledger row (the plan) before any CRM write, and returned; None for
-        automated mail that belongs to no ticket (skipped, nothing recorded)."""
+                      verdict: Any) -> tuple[dict[str, Any], TicketRef | None] | None:
+        """The ticket decision: thread and sender lookups, the default policy, then the processing
+        extension. Recorded on the ledger row (the plan) before any CRM write, and returned with
+        the ticket it looked at; None for automated mail that belongs to no ticket (skipped,
+        nothing recorded)."""
         d = self.d
         address, name = _sender_of(mail)
-        sender = Sender("", "", "", "")
-        if address:
-            sender = await identify_sender(d.crm, address, name, mailbox.sender_id_behaviour, d.rules.free_mail_domains)
+        known: list[Sender] = []
+
+        async def sender() -> Sender:  # identified once, and only when needed
+            if not known:
+                known.append(await identify_sender(d.crm, address, name, mailbox.sender_id_behaviour,
+                                                   d.rules.free_mail_domains) if address else Sender("", "", "", ""))
+            return known[0]
+
         match = None
         if verdict.delivery_report:  # through the original it carries (one more Graph request, this mail only)
             report = await read_report(d.mail, mailbox, mail)
@@ -294,19 +340,30 @@ class MessageProcessor:
                      job.message_id, report.outcome, report.source or "none",
                      match.ticket.number if match.ticket else "-")
         if match is None or match.ticket is None:
-            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject))
+            # the parties decide, except for our own mail and for bounces and delivery reports (they
+            # come from mail servers, and thread through what they report on, even without a copy)
+            match = await find_thread(d.crm, mail, sender, policy.ticket_tags(mail.subject),
+                                      trusted=verdict.kind == policy.OWN or bool(verdict.delivery_report),
+                                      free_mail=d.rules.free_mail_domains)
         if match.refused_tags:
             entry.data["refused_tags"] = list(match.refused_tags)
             log.info("process.tag-refused correlation=%s message=%s tickets=%s", job.correlation_id,
                      job.message_id, ",".join(match.refused_tags))
+        if match.refused is not None:
+            _trace(entry, d.clock, "thread-refused", ticket=match.refused.number, how="references",
+                   reason="the sender is not a party to the ticket")
+            log.info("process.thread-refused correlation=%s message=%s ticket=%s", job.correlation_id,
+                     job.message_id, match.refused.number)
         if match.ticket is None and verdict.automated:
             return None
+        who = (sender_from_ticket(match.ticket, address, name) if match.ticket is not None and not known else None) \
+            or await sender()
         title, _ = policy.ticket_title(mail.subject, d.rules.title_max_chars, match.tags_seen)
         decision = dec.Decision(
             action=self._default_action(mailbox, verdict.automated, match.ticket), ticket=match.ticket,
             mailbox=mailbox.address, mailbox_id=mailbox.id, automated=verdict.reason if verdict.automated else "",
-            threaded_by=match.how, person_id=sender.person_id, company_id=sender.company_id,
-            sender_level=sender.level, title=title,
+            threaded_by=match.how, person_id=who.person_id, company_id=who.company_id,
+            sender_level=who.level, title=title,
             values=MappingProxyType(policy.routing_values(mailbox.routing, mail)))
         change = None
         if d.extension is not None:
@@ -315,10 +372,12 @@ class MessageProcessor:
         outcome = dec.resolve(decision, change)
         plan: dict[str, Any] = {
             "action": outcome.action, "ticket": match.ticket.number if match.ticket else "",
-            "person_id": sender.person_id, "company_id": sender.company_id, "threaded_by": match.how,
-            "sender_level": sender.level, "tags_seen": list(match.tags_seen), "values": dict(outcome.values),
+            "person_id": who.person_id, "company_id": who.company_id, "threaded_by": match.how,
+            "sender_level": who.level, "tags_seen": list(match.tags_seen), "values": dict(outcome.values),
             "title": outcome.title, "forced_new": outcome.forced_new, "skip_reason": outcome.skip_reason,
             "decided_by": "extension" if change is not None and change.changed else "policy"}
+        if match.refused is not None:
+            plan["refused_thread"] = {"ticket": match.refused.number, "id": match.refused.id, "how": "references"}
         if d.extension is not None and change is not None:
             plan["extension"] = {"name": d.extension.spec, "default": decision.action, **change.summary(),
                                  **({"ignored": list(outcome.ignored)} if outcome.ignored else {})}
@@ -326,10 +385,14 @@ class MessageProcessor:
         _trace(entry, d.clock, "decided", action=outcome.action, ticket=plan["ticket"], by=plan["decided_by"],
                **({"default": decision.action} if outcome.action != decision.action else {}),
                **({"reason": outcome.skip_reason} if outcome.skip_reason else {}))
-        await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
+        if d.extension is not None or verdict.delivery_report or mail.thread_refs or policy.ticket_tags(mail.subject):
+            await d.ledger.save(entry)  # the decision survives a crash: a retry carries it out as it is
+        # else a retry decides the same again: no extension to ask twice, and nothing in the mail
+        # names a ticket (a ticket this attempt created could not change the answer); the plan is
+        # recorded with the CRM step
         log.info("process.decided correlation=%s message=%s action=%s default=%s by=%s", job.correlation_id,
                  job.message_id, outcome.action, decision.action, plan["decided_by"])
-        return plan
+        return plan, match.ticket
 
     def _default_action(self, mailbox: Mailbox, automated: bool, ticket: TicketRef | None) -> str:
         if ticket is None:
@@ -343,15 +406,18 @@ class MessageProcessor:
         return REOPENED if what == conv.REOPEN else SUCCESSOR
 
     async def _place(self, mail: InboundMail, mailbox: Mailbox, entry: LedgerEntry, plan: dict[str, Any],
-                     person_id: str, key: str) -> tuple[TicketRef, str]:
+                     person_id: str, key: str, looked_at: TicketRef | None = None) -> tuple[TicketRef, str]:
         """Carry out the plan's decision: the ticket the mail goes on, and how (NEW, JOINED,
         SUCCESSOR, FOLLOW_UP, REOPENED, HISTORY_ONLY). Creates the ticket when one is needed (every
-        create is idempotent by its key); reopening is left to the caller."""
+        create is idempotent by its key, so a retry of the same plan places the mail on the same
+        ticket); reopening is left to the caller. `looked_at`: the plan's ticket as the decision
+        just read it (not read again)."""
         d = self.d
         action = plan["action"]
         matched: TicketRef | None = None
         if plan.get("ticket"):
-            matched = await d.crm.get_ticket(plan["ticket"])
+            matched = looked_at if looked_at is not None and looked_at.number == plan["ticket"] \
+                else await d.crm.get_ticket(plan["ticket"])
             if matched is None:
                 raise PermanentError(f"ticket {plan['ticket']} this mail belongs to no longer exists")
         strip = tuple(plan.get("tags_seen") or ())
@@ -379,27 +445,24 @@ class MessageProcessor:
             ticket = await d.crm.create_ticket(
                 self._draft(mail, plan, person_id, number, (*strip, matched.number), linked_ticket_id=matched.id), key)
             return ticket, (NEW if not number or ticket.number == number else JOINED)
+        refused = plan.get("refused_thread") or {}
+        if refused:
+            # The headers named a ticket whose party the sender is not: a ticket of its own (the
+            # mail's own key, never the conversation's), linked to that one.
+            ticket = await d.crm.create_ticket(self._draft(mail, plan, person_id, number, strip,
+                                                           linked_ticket_id=str(refused.get("id") or "")), key)
+            return ticket, (NEW if not number or ticket.number == number else JOINED)
         draft = self._draft(mail, plan, person_id, number, strip)
         ticket = await d.crm.create_ticket(draft, conv.thread_key(mail))
         company_id = plan.get("company_id", "")
         if not mail.thread_root and ticket.person_id != person_id \
                 and not (company_id and ticket.company_id == company_id) \
-                and not await self._same_organisation(ticket.person_id, mail):
+                and not await same_organisation(d.crm, ticket.person_id, _sender_of(mail)[0],
+                                                d.rules.free_mail_domains):
             # A conversation with this Message-ID was opened by someone else: a reused or forged
             # Message-ID must not put this mail on their ticket. Its own key instead.
             ticket = await d.crm.create_ticket(draft, key)
         return ticket, (NEW if not number or ticket.number == number else JOINED)
-
-    async def _same_organisation(self, other_person_id: str, mail: InboundMail) -> bool:
-        """A colleague (same non-free-mail domain) may have replied before this first mail was
-        processed and opened the conversation's ticket: that is not a forged Message-ID."""
-        domain = _sender_of(mail)[0].rpartition("@")[2]
-        getter = getattr(self.d.crm, "get_person", None)
-        if not other_person_id or not domain or getter is None \
-                or matching.is_free_mail(domain, self.d.rules.free_mail_domains):
-            return False
-        other = await getter(other_person_id) or {}
-        return str(other.get("email") or "").strip().lower().rpartition("@")[2] == domain
 
     def _draft(self, mail: InboundMail, plan: dict[str, Any], person_id: str, number: str,
                strip_tags: tuple[str, ...], linked_ticket_id: str = "") -> TicketDraft:
@@ -412,7 +475,7 @@ class MessageProcessor:
             email=_sender_of(mail)[0], description=policy.body_excerpt(mail, DESCRIPTION_CHARS),
             values=dict(plan.get("values") or {}),
             message_ids=tuple(dict.fromkeys(filter(None, [mail.internet_message_id, root]))),
-            linked_ticket_id=linked_ticket_id)
+            linked_ticket_id=linked_ticket_id, parties=_parties_of(mail))
 
     async def _reserved_number(self, entry: LedgerEntry) -> str:
         """The ticket number reserved for this mail: once, recorded before any ticket uses it."""
@@ -420,7 +483,8 @@ class MessageProcessor:
         if number is None:
             number = await self.d.crm.reserve_ticket_number()
             entry.data["reserved_number"] = number
-            await self.d.ledger.save(entry)
+            if number:  # '' (the CRM numbers its tickets itself) has nothing to keep for a retry
+                await self.d.ledger.save(entry)
         return number
 
     async def _mailbox_action_then(self, entry: LedgerEntry, mailbox: Mailbox, job: MessageJob, status: str,
@@ -506,6 +570,18 @@ class MessageProcessor:
         """Not yet: the same job (same attempt) back in the queue for the rest of its wait."""
         await self.d.queue.send(QUEUE_MESSAGES, job, visibility_timeout=math.ceil(seconds))
         return Outcome("requeued", f"not before {job.not_before}")
+
+
+def _copy_id(mailbox_id: str, message_id: str) -> str:
+    """This mailbox's copy of the mail, as the CRM's records name the writer (one invocation at a
+    time holds it: the ledger's lease)."""
+    return "copy-" + hashlib.sha256(f"{mailbox_id}|{message_id}".encode("utf-8")).hexdigest()[:24]
+
+
+def _parties_of(mail: InboundMail) -> tuple[str, ...]:
+    """The mail's sender and To/Cc addresses: parties of the ticket it lands on."""
+    return tuple(dict.fromkeys(a.normalized for a in (mail.sender, *mail.recipients) if a.normalized
+                               and "@" in a.normalized))
 
 
 def _sender_of(mail: InboundMail) -> tuple[str, str]:

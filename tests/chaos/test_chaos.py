@@ -6,7 +6,7 @@ The real app in the dev host, Azurite on disk, the Graph, Lime CRM and TRAML sim
   notifications  duplicated, delayed and reordered (jitter), dropped; all dropped for a while
   Graph          429 bursts with Retry-After, 500 and 503 bursts, dropped connections (timeouts)
   workers        a worker killed after each side-effecting call of the pipeline (the 1st, 2nd, ...
-                 15th of process_message; the 1st ... 6th of the autoreply sender)
+                 11th of process_message; the 1st ... 5th of the autoreply sender)
   CRM, TRAML     five minutes (of the app's clock) of 503 from Lime and from TRAML's send
   Azurite        restarted mid-run (on-disk persistence)
   Graph          a subscription removed (mail arrives before it is recreated); a `missed` lifecycle
@@ -58,9 +58,9 @@ def wait(seconds: float) -> float:
 SUPPORT, SALES, BILLING = "support@contoso.example", "sales@contoso.example", "billing@contoso.example"
 BOXES = [SUPPORT, SALES, BILLING]
 FINISHED = ("processed", "skipped", "failed")
-# A worker dies right after each step of a new mail's pipeline in turn (world.PROCESS_SEQUENCE: 15
+# A worker dies right after each step of a new mail's pipeline in turn (world.PROCESS_SEQUENCE: 11
 # side-effecting calls, from the claim to the finished row) and of the autoreply sender's
-# (AUTOREPLY_SEQUENCE: 6): between every two steps, and after the last (the queue message unsettled).
+# (AUTOREPLY_SEQUENCE: 5): between every two steps, and after the last (the queue message unsettled).
 PROCESS_KILL_STEPS = range(1, len(PROCESS_SEQUENCE) + 1)
 AUTOREPLY_KILL_STEPS = range(1, len(AUTOREPLY_SEQUENCE) + 1)
 

@@ -50,13 +50,14 @@ PROCESS_STEPS = {
 }
 AUTOREPLY_STEPS = {"store": {"save"}, "traml": {"send_template"}, "crm": {"add_history"}, "limiter": {"acquire"}}
 # Those calls in the order a new mail from a new sender makes them (new ticket, autoreply on, mail
-# deleted): claim, GET, decision saved, person, ticket number reserved, placement saved, ticket,
-# ticket saved, Message-ID, note, CRM step saved, autoreply job, job saved, DELETE, finished.
-PROCESS_SEQUENCE = ("claim", "get_message", "save", "find_or_create_person", "reserve_ticket_number", "save",
-                    "create_ticket", "save", "add_message_ids", "add_history", "save", "send", "save",
-                    "delete_message", "save")
-# The autoreply sender's: rate limit, claim, send, verdict, `sentemail` note, saved.
-AUTOREPLY_SEQUENCE = ("acquire", "save", "send_template", "save", "add_history", "save")
+# deleted): claim, GET, person, ticket number (Lime's: none to keep), ticket, Message-ID and
+# parties, note, CRM step saved with its decision, autoreply job, DELETE, finished with the job
+# recorded. (A mail that names a ticket, or a processing extension, has its decision saved first:
+# tests/unit/test_extensions.py and the replies of phase 6 take that path.)
+PROCESS_SEQUENCE = ("claim", "get_message", "find_or_create_person", "reserve_ticket_number", "create_ticket",
+                    "add_message_ids", "add_history", "save", "send", "delete_message", "save")
+# The autoreply sender's: claim, rate limit, send, `sentemail` note, verdict saved with the note.
+AUTOREPLY_SEQUENCE = ("save", "acquire", "send_template", "add_history", "save")
 
 
 class TimeLapse:

@@ -36,6 +36,20 @@ def test_admin_fires_a_timer_and_a_queue_function(devhost: DevHost, settings):
     assert httpx.post(f"{devhost.url}/admin/functions/echo", json={"input": ""}).status_code == 400
 
 
+def test_admin_reports_the_hosts_queue_requests_by_kind(devhost: DevHost, settings):
+    """GET /admin/devhost/storage-ops: the host's own queue traffic (polling, completing messages),
+    which bench/pipeline.py adds to the app's Storage requests per mail."""
+    before = httpx.get(f"{devhost.url}/admin/devhost/storage-ops").json()
+    httpx.post(f"{devhost.url}/admin/functions/work", json={"input": "count me"})
+    devhost.wait_for_invocations("work")
+    drain_raw(settings["AzureWebJobsStorage"], settings["DONE_QUEUE"], 1)
+    after = httpx.get(f"{devhost.url}/admin/devhost/storage-ops").json()
+    assert set(after) == {"host", "app"}
+    grew = {k: v - before["host"].get(k, 0) for k, v in after["host"].items() if v > before["host"].get(k, 0)}
+    assert any(k.endswith(" put") for k in grew), grew  # the function's output binding wrote the DONE queue
+    assert all(k.rsplit(" ", 1)[1] in ("get", "put", "delete", "update") for k in after["host"]), after
+
+
 def test_invoke_in_process_returns_or_raises(devhost: DevHost):
     assert devhost.invoke("work", "direct") is None
     with pytest.raises(ValueError, match="asked to fail"):

@@ -56,7 +56,9 @@ class Backend:
             known = {str(o.get("name", "")).lower(): o["_id"] for o in self.lime_sim.objects("helpdesktype")}
             self.helpdesktypes = {name.lower(): known.get(name.lower()) or self.lime_sim.create(
                 "helpdesktype", {"name": name, "inactive": False})["_id"] for name in SEED_HELPDESKTYPES.values()}
-            crm = make_lime(self.lime_sim, account, uuid.uuid4().hex[:10], clock=now)
+            # the records' leases on the test's clock too: advancing it past a dead worker's ledger
+            # lease ends its record leases as well
+            crm = make_lime(self.lime_sim, account, uuid.uuid4().hex[:10], clock=now, record_clock=now)
             await crm.ensure()
             self._closers.append(crm.close)
             return crm

@@ -26,7 +26,9 @@ from shared.domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from shared.domain.errors import TransientError
 from shared.domain.mail import Address, InboundMail
 from shared.domain.model import PROCESSED, AutoreplySettings, Mailbox
-from shared.services.autoreply import CLAIM_SECONDS, AutoreplyDeps, AutoreplyRecord, AutoreplyService
+from shared.services.autoreply import (
+    CLAIM_SECONDS, AutoreplyDeps, AutoreplyRecord, AutoreplyService, TemplateNotFound,
+)
 from shared.services.process import MessageProcessor, ProcessDeps
 from tests.fakes import FakeClock, FakeMail, FakeQueue, FakeRegistry
 from tools.sim.traml import DEMO_API_KEY, TramlSim
@@ -325,6 +327,50 @@ async def test_erase_scrubs_the_address_and_purge_forgets_old_rows(world):
     assert await world.service.list_autoreplies("sent") == [] and await world.store.get(sent.ticket_id) is None
     assert await world.limiter.purge(world.clock.now()) == 0
     assert await world.limiter.purge(world.clock.now() + timedelta(hours=4)) == 1  # bob's
+
+
+# ---- the template, by its name -----------------------------------------------------------------------
+async def test_a_template_is_found_by_its_name_and_cached(traml_sim):
+    """`GET mailtemplate/name/{name}`: one small request, cached; only a miss reads the whole list
+    (a name differing in case still matches one template; an unknown one names those there are)."""
+    client = TramlClient(traml_sim.api_url, DEMO_API_KEY)
+    other = traml_sim.add_template("Support/EN: svar", "<p>x</p>")
+    try:
+        async def paths(n: int) -> list[str]:  # the sim logs a request just after answering it
+            for _ in range(200):
+                if len(traml_sim.requests.entries()) >= n:
+                    break
+                await asyncio.sleep(0.01)
+            return [e["path"].split("/api/", 1)[1] for e in traml_sim.requests.entries()]
+        wanted = next(t for t, v in traml_sim.templates.items() if v["Name"] == TEMPLATE)
+        assert await client.template_id(TEMPLATE) == wanted
+        assert await client.template_id(TEMPLATE) == wanted  # cached
+        assert await paths(1) == ["mailtemplate/name/Helpdesk autoreply"]
+        assert await client.template_id("Support/EN: svar") == other  # a name with a slash
+        assert (await paths(2))[-1] == "mailtemplate/name/Support/EN: svar"
+        traml_sim.requests.clear()
+        assert await client.template_id("helpdesk AUTOREPLY") == wanted
+        assert await paths(2) == ["mailtemplate/name/helpdesk AUTOREPLY", "mailtemplate"]
+        with pytest.raises(TemplateNotFound, match=r"no mail template named 'Nope' .*'Helpdesk autoreply'"):
+            await client.template_id("Nope")
+        client.forget_template(TEMPLATE)  # TRAML said the id is gone: asked again
+        traml_sim.requests.clear()
+        assert await client.template_id(TEMPLATE) == wanted
+        assert await paths(1) == ["mailtemplate/name/Helpdesk autoreply"]
+    finally:
+        await client.close()
+        traml_sim.remove_template("Support/EN: svar")
+
+
+async def test_the_simulator_finds_a_template_by_its_exact_name(traml_sim):
+    async with httpx.AsyncClient(base_url=traml_sim.api_url + "/", headers={"apikey": DEMO_API_KEY}) as http:
+        found = await http.get("mailtemplate/name/Helpdesk%20autoreply")
+        assert found.status_code == 200 and found.json()["Name"] == TEMPLATE
+        assert set(found.json()) == {"Id", "HtmlLayoutId", "TextLayoutId", "CreatedByUserId", "Name", "Description",
+                                     "CreationDate", "ModifiedDate"}
+        missing = await http.get("mailtemplate/name/helpdesk%20autoreply")  # exact: case matters
+        assert missing.status_code == 404 and "does not exist" in missing.json()["Message"]
+        assert (await http.get("mailtemplate/name/x", headers={"apikey": "wrong"})).status_code == 401
 
 
 # ---- the simulator holds clients to TRAML's contract ---------------------------------------------------

@@ -23,8 +23,8 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.adapters.crm_lime import (
-    LimeCrm, LimeNames, LimeRejected, LocalKeyLock, SlidingWindowLimiter, TableKeyLock, fit_message_ids,
-    parse_message_ids,
+    CreateRecords, LimeCrm, LimeNames, LimeRejected, MemoryRecordTable, SlidingWindowLimiter, TableRecordTable,
+    fit_message_ids, parse_message_ids,
 )
 from shared.adapters.keys import exact_hash
 from shared.adapters.storage_clients import StorageAccount
@@ -69,7 +69,7 @@ def sleeps() -> Sleeps:
 
 
 def make_lime(sim: LimeSim, account: StorageAccount, unique: str, sleeps: Sleeps | None = None, **kw) -> LimeCrm:
-    kw.setdefault("locks", TableKeyLock(account, table=f"limelocks{unique}"))
+    kw.setdefault("records", TableRecordTable(account, table=f"limerecords{unique}"))
     return LimeCrm(sim.lime_url, sim.api_key, sleep=sleeps or Sleeps(), **kw)
 
 
@@ -141,23 +141,33 @@ async def test_objects_land_in_lime_as_its_rest_api_expects(lime_crm, lime_sim):
     assert upload["headers"]["content-disposition"] == ";filename*=\"UTF-8''r%C3%A4kning%201.pdf\""
 
 
-async def test_a_typical_new_ticket_mail_costs_five_lime_calls(lime_crm, lime_sim):
-    """Existing sender: person query, ticket key query + POST, note key query + POST. A new sender
-    adds the person POST: 6 (the person query runs under the lock, so it is not repeated)."""
+async def test_a_new_ticket_costs_lime_only_its_creates(lime_crm, lime_sim):
+    """Lime is asked nothing before a create: our records prove it was never made (no key query).
+    A known sender: one lookup (person and domain in one query), the ticket, the note; again within
+    the cache's minute: no lookup. A new sender adds the person's POST (the lookup said it was not
+    there a moment ago). A redelivery of a mail: nothing at all."""
     await lime_crm.check_schema()
     await lime_crm.find_or_create_person("known@example.com", "Known")
+    lime_crm.lookups.clear()
 
-    async def mail(sender: str, key: str) -> int:
+    async def mail(sender: str, key: str) -> list[str]:
         lime_sim.calls.clear()
-        person = await lime_crm.find_or_create_person(sender, "Someone")
+        found, _ = await lime_crm.lookup_sender(sender, True)
+        person = found.id if found else await lime_crm.find_or_create_person(sender, "Someone")
         ticket = await lime_crm.create_ticket(TicketDraft(title="Help", person_id=person,
                                                           message_ids=(f"<{key}@x>",)), key)
         await lime_crm.add_history(HistoryDraft(ticket_id=ticket.id, person_id=person, note="Body", date=T0), key)
-        return len(lime_sim.calls)
+        return [f"{c['method']} {c['path'].split('/api/v1/', 1)[1]}" for c in lime_sim.calls]
 
-    assert await mail("known@example.com", "k1") == 5
-    assert await mail("new@example.com", "k2") == 6
-    assert await mail("new@example.com", "k2") == 3  # a redelivery: person query, two key queries
+    assert await mail("known@example.com", "k1") == [
+        "GET query/", "POST limeobject/helpdesk/", "POST limeobject/history/"]
+    assert await mail("known@example.com", "k3") == ["POST limeobject/helpdesk/", "POST limeobject/history/"]
+    assert await mail("new@example.org", "k2") == [
+        "GET query/", "POST limeobject/person/", "POST limeobject/helpdesk/", "POST limeobject/history/"]
+    again = await mail("new@example.org", "k2")  # a redelivery: the ticket as it is now, nothing created
+    ticket = next(o for o in lime_sim.objects("helpdesk") if o["inboxkey"] == exact_hash("k2", 40))
+    assert again == [f"GET limeobject/helpdesk/{ticket['_id']}/"]  # the person and its domain: cached
+    assert [len(lime_sim.objects(t)) for t in ("person", "helpdesk", "history")] == [2, 3, 3]
 
 
 async def test_a_wrong_api_key_is_a_permanent_error_that_names_the_setting_not_the_key(lime_sim):
@@ -338,11 +348,10 @@ async def test_the_schema_check_reports_what_is_missing(lime_sim, lime_account, 
         "customervisit, noanswer, receivedemail, salescall, sentemail, talkedto",
     ]
     assert report.warnings == [
-        "helpdesk.inboxkey (LIME_KEY_PROPERTY) does not exist: creating a helpdesk is not idempotent: a crash or "
-        "timeout between Lime's create and the ledger record, or the same mail arriving in two monitored mailboxes "
-        "at once, can make a duplicate ticket",
-        "helpdesk.inboxmessageids (LIME_PROP_MESSAGE_IDS) does not exist: replies thread by the subject tag only, "
-        "not by In-Reply-To/References",
+        "helpdesk.inboxkey (LIME_KEY_PROPERTY) does not exist: an interrupted create of a helpdesk cannot be "
+        "resolved: a crash or timeout between Lime's create and our record of it makes a duplicate ticket on the retry",
+        "helpdesk.inboxmessageids (LIME_PROP_MESSAGE_IDS) does not exist: replies to tickets from before the inbox "
+        "indexed them thread by the subject tag only, not by In-Reply-To/References",
         "helpdesk.region is required and the inbox does not set it: creates fail unless the mailbox's routing "
         "values set it",
     ]
@@ -354,18 +363,25 @@ async def test_the_schema_check_reports_what_is_missing(lime_sim, lime_account, 
 
 
 async def test_without_the_key_property_duplicates_are_possible(lime_sim, lime_account, unique):
-    """What docs/lime.md says is lost: a retry of the same mail makes a second ticket."""
+    """What docs/lime.md says is lost: our records still make a create once, but an attempt whose
+    outcome is unknown (Lime's answer lost after its commit) cannot be resolved by asking Lime, so
+    the retry makes a second ticket."""
     lime_sim.remove_property("helpdesk", "inboxkey")
     crm = make_lime(lime_sim, lime_account, unique)
     person = await crm.find_or_create_person("a@example.com", "A")
-    await crm.create_ticket(TicketDraft(title="t", person_id=person), "same-mail")
-    await crm.create_ticket(TicketDraft(title="t", person_id=person), "same-mail")
-    assert len(lime_sim.objects("helpdesk")) == 2
+    first = await crm.create_ticket(TicketDraft(title="t", person_id=person), "same-mail")
+    again = await crm.create_ticket(TicketDraft(title="t", person_id=person), "same-mail")
+    assert first.id == again.id and len(lime_sim.objects("helpdesk")) == 1  # the record answers
+    lime_sim.lose_responses("POST", r"limeobject/helpdesk/$")
+    with pytest.raises(TransientError, match="a retry may create it twice"):
+        await crm.create_ticket(TicketDraft(title="t", person_id=person), "lost-answer")
+    await crm.create_ticket(TicketDraft(title="t", person_id=person), "lost-answer")
+    assert len(lime_sim.objects("helpdesk")) == 3
     assert any("helpdesk.inboxkey" in w for w in crm.schema_report.warnings)
-    # history still has its key property: still once
-    ticket = await crm.get_ticket("1001")
+    # history still has its key property: an unknown outcome is resolved by asking, still once
+    lime_sim.lose_responses("POST", r"limeobject/history/$")
     for _ in range(2):
-        await crm.add_history(HistoryDraft(ticket_id=ticket.id, person_id=person, note="n", date=T0), "same-mail")
+        await crm.add_history(HistoryDraft(ticket_id=first.id, person_id=person, note="n", date=T0), "same-mail")
     assert len(lime_sim.objects("history")) == 1
     await crm.close()
 
@@ -388,44 +404,149 @@ async def test_concurrent_first_mails_of_a_new_sender_in_two_workers_make_one_pe
         await w.close()
 
 
-async def test_the_table_lock_excludes_other_workers_and_is_taken_over_when_its_holder_died(lime_account, unique):
-    a = TableKeyLock(lime_account, table=f"limelocks{unique}", lease_seconds=60, wait_seconds=0.3)
-    b = TableKeyLock(lime_account, table=f"limelocks{unique}", lease_seconds=60, wait_seconds=0.3)
-    async with a.hold("person|x@example.com"):
-        with pytest.raises(TransientError, match="another worker holds"):
-            async with b.hold("person|x@example.com"):
-                pass
-        async with b.hold("person|other@example.com"):
-            pass
-    async with b.hold("person|x@example.com"):  # released: free again
-        pass
-    # a holder that died: its row stays until it expires, then the next worker takes it over
-    table = lime_account.table(f"limelocks{unique}")
-    await table.upsert_entity({"PartitionKey": "limelock", "RowKey": exact_hash("person|dead@example.com"),
-                               "owner": "dead", "expires": datetime.now(timezone.utc) - timedelta(seconds=1)})
-    async with b.hold("person|dead@example.com"):
-        row = await table.get_entity("limelock", exact_hash("person|dead@example.com"))
-        assert row["owner"] != "dead"
-    with pytest.raises(ResourceNotFoundError):  # released
-        await table.get_entity("limelock", exact_hash("person|dead@example.com"))
+async def test_create_records_exclude_other_workers_and_are_taken_over_when_their_holder_died(lime_account, unique):
+    """The record is the lock and the idempotency proof: the first claim inserts it (NEW: create
+    without asking Lime), a second worker waits while it is held and then reads the created id
+    (DONE); a holder that died leaves it `creating` until its lease ends, then the next worker takes
+    it over (UNKNOWN: ask Lime first)."""
+    table = TableRecordTable(lime_account, table=f"limerecords{unique}")
+    await table.ensure()
+    a = CreateRecords(table, lease_seconds=60, wait_seconds=0.3)
+    b = CreateRecords(table, lease_seconds=60, wait_seconds=0.3)
+    (mine,) = await a.claim(["person|x@example.com"], "worker-a")
+    assert mine.outcome == "new"
+    with pytest.raises(TransientError, match="another worker is creating"):
+        await b.claim(["person|x@example.com"], "worker-b")
+    other, third = await b.claim(["person|other@example.com", "helpdesk|k"], "worker-b")  # one transaction
+    assert other.outcome == third.outcome == "new"
+    await a.write([a.created_row(mine, "1042", {"company": "7"})])
+    (seen,) = await b.claim(["person|x@example.com"], "worker-b")
+    assert (seen.outcome, seen.oid, seen.extra) == ("done", "1042", {"company": "7"})
+    # a holder that died: its row stays until its lease runs out, then the next worker takes it over
+    (dead,) = await a.claim(["helpdesk|dead"], "worker-dead")
+    late = CreateRecords(table, clock=lambda: datetime.now(timezone.utc) + timedelta(seconds=61), wait_seconds=0.3)
+    # (the lease is 30 s: 61 s on, every record claimed above has run out)
+    (taken,) = await late.claim(["helpdesk|dead"], "worker-c")
+    assert taken.outcome == "unknown"
+    (again,) = await late.claim(["helpdesk|k"], "worker-c")  # its holder gone quiet for its lease
+    assert again.outcome == "unknown"
+    # a holder that gives up without creating (a definite error) frees it for a NEW claim
+    await late.write([late.released_row(again, None)])
+    (fresh,) = await a.claim(["helpdesk|k"], "worker-a")
+    assert fresh.outcome == "new"
+
+
+async def test_a_person_whose_create_was_interrupted_is_asked_for_even_right_after_a_lookup(lime_sim, lime_account,
+                                                                                           unique):
+    """A worker looked the sender up (no person), created it, and died before recording it. Its
+    retry must not trust the lookup it made before: the record's outcome is unknown, so Lime is
+    asked, and the person is not created twice."""
+    clock = [datetime.now(timezone.utc)]
+    crm = make_lime(lime_sim, lime_account, unique, record_clock=lambda: clock[0])
+    await crm.ensure()
+    assert (await crm.lookup_sender("late@example.com", True))[0] is None  # "absent", a moment ago
+    (dying,) = await crm._records.claim(["person|late@example.com"], "copy-a")
+    made = lime_sim.create("person", {"firstname": "Late", "email": "late@example.com"})  # its POST, unrecorded
+    clock[0] += timedelta(seconds=31)  # its lease runs out
+    assert await crm.find_or_create_person("late@example.com", "Late") == str(made["_id"])
+    assert len(lime_sim.objects("person")) == 1 and dying.outcome == "new"
+    await crm.close()
+
+
+async def test_records_and_the_index_expire_and_an_address_is_erased_from_the_index(lime_sim, lime_account, unique):
+    clock = [datetime.now(timezone.utc)]
+    crm = make_lime(lime_sim, lime_account, unique, record_clock=lambda: clock[0])
+    await crm.ensure()
+    person = await crm.find_or_create_person("jane@example.com", "Jane")
+    ticket = await crm.create_ticket(TicketDraft(title="t", person_id=person, email="jane@example.com",
+                                                 parties=("colleague@example.com",), message_ids=("<m1@x>",)), "k")
+    assert set(ticket.parties) == {"jane@example.com", "colleague@example.com"}
+    assert await crm.erase_address("Colleague@Example.com") == 1
+    assert (await crm.find_ticket_by_message_ids(["<m1@x>"])).parties == ("jane@example.com",)
+    assert await crm.erase_address("jane@example.com") == 1
+    erased = await crm.find_ticket_by_message_ids(["<m1@x>"])
+    assert erased.parties == () and erased.person_address == ""
+    assert await crm.purge(clock[0] - timedelta(days=1)) == 0  # nothing that old
+    clock[0] += timedelta(days=91)
+    assert await crm.purge(clock[0] - timedelta(days=90)) == 4  # person, ticket, its index row and pointer
+    legacy = await crm.find_ticket_by_message_ids(["<m1@x>"])  # Lime's property still threads it
+    assert legacy.id == ticket.id and legacy.parties is None
+    await crm.close()
+
+
+async def test_a_sole_writer_needs_no_record_and_still_resolves_a_lost_answer_by_asking(lime_crm, lime_sim):
+    """The autoreply's note of a first send: its claim row makes its sender the only writer, so no
+    record is claimed; an answer lost after Lime's commit is resolved by the key query, not POSTed
+    again."""
+    person, ticket = await new_ticket(lime_crm)
+    lime_sim.lose_responses("POST", r"limeobject/history/$")
+    ops = lime_crm._records.table
+    before = len(await ops.scan())
+    async with lime_crm.mail_writes("autoreply:hd1", sole=True):
+        note = await lime_crm.add_history(HistoryDraft(ticket_id=ticket.id, person_id=person, note="sent",
+                                                       date=T0, type="sentemail"), "autoreply:hd1")
+    assert [h["_id"] for h in lime_sim.objects("history")] == [int(note)]
+    assert len(await ops.scan()) == before  # no record written
+
+
+async def test_an_upgrade_asks_lime_before_creates_for_a_day(lime_sim, lime_account, unique):
+    """Objects created before the records existed have none: for a day after an upgrade (the app had
+    processed mail before), a claim that finds no record asks Lime first."""
+    crm = make_lime(lime_sim, lime_account, unique)
+    crm._had_mail = _yes
+    await crm.ensure()
+    lime_sim.create("helpdesk", {"title": "old", "inboxkey": exact_hash("before-upgrade", 40)})
+    lime_sim.calls.clear()
+    ticket = await crm.create_ticket(TicketDraft(title="t", person_id=""), "before-upgrade")
+    assert ticket.title == "old" and len(lime_sim.objects("helpdesk")) == 1
+    assert [c["path"].split("/api/v1/", 1)[1] for c in lime_sim.calls if "/limetype/" not in c["path"]] == ["query/"]
+    fresh = make_lime(lime_sim, lime_account, unique,
+                      record_clock=lambda: datetime.now(timezone.utc) + timedelta(days=2))
+    await fresh.ensure()  # the epoch row is shared: a day later records are trusted
+    lime_sim.calls.clear()
+    await fresh.create_ticket(TicketDraft(title="new", person_id=""), "after-upgrade")
+    assert [c["method"] for c in lime_sim.calls if "/limetype/" not in c["path"]] == ["POST"]
+    await crm.close()
+    await fresh.close()
+
+
+async def _yes() -> bool:
+    return True
 
 
 # -- threading and companies -----------------------------------------------------------------------------------
-async def test_message_ids_are_matched_exactly_and_kept_within_the_property(lime_crm, lime_sim):
+async def test_message_ids_are_matched_exactly_from_our_index_and_lime(lime_crm, lime_sim):
+    """Our index answers for tickets we created and follow-ups we saw (no Lime query); Lime's
+    Message-ID property is asked only when the index knows none of the ids (a ticket from before),
+    matched exactly, within URLs IIS accepts."""
     _, ticket = await new_ticket(lime_crm, message_ids=("<ab@x>",))
-    assert await lime_crm.find_ticket_by_message_ids(["<b@x>"]) is None  # '?' is contains: confirmed exactly
+    lime_sim.calls.clear()
     assert (await lime_crm.find_ticket_by_message_ids(["<AB@x>"])).id == ticket.id
+    assert [c["path"].split("/api/v1/", 1)[1] for c in lime_sim.calls] == [f"limeobject/helpdesk/{ticket.id[2:]}/"]
+    assert await lime_crm.find_ticket_by_message_ids(["<b@x>"]) is None  # '?' is contains: confirmed exactly
     many = [f"<reply-{i:03d}-{'x' * 60}@example.com>" for i in range(100)]
-    await lime_crm.add_message_ids(ticket.id, many)
-    stored = lime_sim.objects("helpdesk")[0]["inboxmessageids"]
-    ids = parse_message_ids(stored)
-    assert len(stored) <= 4000 and ids[0] == "ab@x" and ids[-1] == many[-1].strip("<>")
-    assert (await lime_crm.find_ticket_by_message_ids([many[-1]])).id == ticket.id
-    assert await lime_crm.find_ticket_by_message_ids([many[0]]) is None  # the oldest replies made room
-    lime_sim.calls.clear()  # a long References header: several GETs, each URL within IIS's 2,048
-    assert (await lime_crm.find_ticket_by_message_ids(many)).id == ticket.id
+    lime_sim.calls.clear()
+    await lime_crm.add_message_ids(ticket.id, many, parties=["Colleague@Example.com"])
+    assert lime_sim.calls == []  # our index only
+    assert (await lime_crm.find_ticket_by_message_ids([many[0]])).id == ticket.id
+    found = await lime_crm.find_ticket_by_message_ids([many[-1]])
+    assert found.id == ticket.id and "colleague@example.com" in found.parties
+    # a ticket from before the index: Lime's property, several GETs for a long References header
+    old = lime_sim.create("helpdesk", {"title": "old", "inboxmessageids": " ".join(many[:40])})
+    lime_sim.calls.clear()
+    legacy = await lime_crm.find_ticket_by_message_ids([f"<unknown-{i}@x>" for i in range(40)] + many[5:6])
+    assert legacy.id == ticket.id  # the newest ticket holding one: ours, from the index
+    lime_sim.calls.clear()
+    found_old = await lime_crm._find_ticket_in_lime([f"unknown-{i}-{'y' * 60}@x" for i in range(60)] + [
+        many[39].strip("<>")])
+    assert found_old.id == f"hd{old['_id']}" and found_old.parties is None
     queries = [c for c in lime_sim.calls if c["path"].endswith("/query/")]
     assert len(queries) > 1 and all(len(q["query"]) < 2048 for q in queries)
+    # the property holds what the ticket was created with, fitted: the first (root) and the newest
+    _, big = await new_ticket(lime_crm, key="mail-2", message_ids=tuple(many))
+    stored = next(o for o in lime_sim.objects("helpdesk") if f"hd{o['_id']}" == big.id)["inboxmessageids"]
+    ids = parse_message_ids(stored)
+    assert len(stored) <= 4000 and ids[0] == many[0].strip("<>") and ids[-1] == many[-1].strip("<>")
     assert fit_message_ids(["root", "a", "b"], 0) == "<root> <a> <b>"
     assert fit_message_ids(["root", "a", "bb"], 12) == "<root> <bb>"
 
@@ -566,15 +687,10 @@ def test_the_simulator_cli_starts_and_prints_its_urls():
         proc.stdout.close()
 
 
-async def test_local_locks_serialise_within_one_worker():
-    lock = LocalKeyLock()
-    order: list[str] = []
-
-    async def worker(name: str) -> None:
-        async with lock.hold("same"):
-            order.append(name + "-in")
-            await asyncio.sleep(0)
-            order.append(name + "-out")
-
-    await asyncio.gather(worker("a"), worker("b"))
-    assert order == ["a-in", "a-out", "b-in", "b-out"]
+async def test_records_in_one_worker_without_storage_make_one_person(lime_sim):
+    """The in-process record table (no Storage): concurrent creates in one worker still make one."""
+    lime_sim.latency_ms = 10
+    crm = LimeCrm(lime_sim.lime_url, lime_sim.api_key, records=MemoryRecordTable())
+    ids = await asyncio.gather(*(crm.find_or_create_person("same@example.com", "Same") for _ in range(6)))
+    assert len(set(ids)) == 1 and len(lime_sim.objects("person")) == 1
+    await crm.close()

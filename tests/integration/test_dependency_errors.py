@@ -43,7 +43,7 @@ async def test_traml(base, reason, host):
     ("http://lime.invalid/demo", "dns_failed", "lime.invalid"),
 ])
 async def test_lime(base, reason, host):
-    crm = LimeCrm(base, KEY, sleep=NoSleep(), locks=object())
+    crm = LimeCrm(base, KEY, sleep=NoSleep())
     try:
         with pytest.raises(Unavailable) as err:
             await crm.check_schema()

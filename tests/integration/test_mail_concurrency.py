@@ -96,7 +96,8 @@ FIRST = m.outlook_id("race/first")
 
 
 def first_mail() -> bytes:
-    return m.outlook(ANNA, SUPPORT, "Printer broken", "It prints blank pages.", message_id=FIRST)
+    # Bertil on Cc: a party to the ticket (design.md "Threading parties"), so his replies land on it
+    return m.outlook(ANNA, SUPPORT, "Printer broken", "It prints blank pages.", message_id=FIRST, cc=[BERTIL])
 
 
 def follow_up(n: int, *, attachments: bool = False) -> bytes:
@@ -105,7 +106,7 @@ def follow_up(n: int, *, attachments: bool = False) -> bytes:
     body = "\n".join(f"Line {i} of a long log excerpt with error E{i:04d} and more." for i in range(100))
     return m.outlook(BERTIL, SUPPORT, "RE: Printer broken", body if attachments else f"Follow-up {n}",
                      message_id=m.outlook_id(f"race/follow-up-{n}"), in_reply_to=FIRST, references=[FIRST],
-                     attachments=files)
+                     attachments=files, cc=[ANNA])  # a reply to all
 
 
 # -- crashes between CRM writes ------------------------------------------------------------------------

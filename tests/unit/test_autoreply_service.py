@@ -585,21 +585,30 @@ async def test_adapter_maps_statuses_and_never_leaks_the_key(caplog):
     assert KEY not in caplog.text and KEY not in repr(client)
 
 
-async def test_adapter_template_cache_is_refreshed_on_a_miss():
+async def test_adapter_finds_a_template_by_name_caches_it_and_lists_only_on_a_miss():
     templates = [{"Id": 1, "Name": "A"}]
-    listings = []
+    paths = []
 
     def handler(request):
-        listings.append(request.url.path)
+        path = request.url.path.split("/api/", 1)[1]
+        paths.append(path)
+        if path.startswith("mailtemplate/name/"):
+            name = path.rsplit("/", 1)[1]
+            found = [t for t in templates if t["Name"] == name]
+            return httpx.Response(200, json=found[0]) if found else \
+                httpx.Response(404, json={"Message": f"Mail template '{name}' does not exist."})
         return httpx.Response(200, json=templates)
     client = _client(handler)
-    assert await client.template_id("A") == 1 and await client.template_id("A") == 1 and len(listings) == 1
+    assert await client.template_id("A") == 1 and await client.template_id("A") == 1
+    assert paths == ["mailtemplate/name/A"]  # one small request, then the cache
     templates.append({"Id": 2, "Name": "B"})
-    client._templates_at -= 5  # the refresh guard of one second has passed
-    assert await client.template_id("B") == 2 and len(listings) == 2
-    client._templates_at -= 5
+    assert await client.template_id("B") == 2 and paths[-1] == "mailtemplate/name/B"
+    assert await client.template_id(" a ") == 1 and paths[-2:] == ["mailtemplate/name/a", "mailtemplate"]
     with pytest.raises(TemplateNotFound, match="no mail template named 'C'.*'A', 'B'"):
         await client.template_id("C")
+    assert paths[-2:] == ["mailtemplate/name/C", "mailtemplate"]
+    client.forget_template("A")  # TRAML refused the cached id: looked up again
+    assert await client.template_id("A") == 1 and paths[-1] == "mailtemplate/name/A"
 
 
 async def test_adapter_without_settings_fails_permanently_naming_the_setting():

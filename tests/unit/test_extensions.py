@@ -121,7 +121,7 @@ async def test_reopen_a_closed_helpdesk_where_the_mailbox_opens_new_tickets():
 
 async def test_reopen_example_leaves_an_old_ticket_to_the_policy_for_someone_else():
     w = World(REOPEN, policy="new")
-    first = await w.deliver("m1")
+    first = await w.deliver("m1", cc=(BERTIL[0],))  # Bertil was on Cc: a party to the ticket
     await w.close(first.ticket_number)
     w.clock.advance(40 * 86400)  # closed long ago, and Bertil is not the ticket's contact
     reply = await w.deliver("m2", sender=BERTIL, subject="RE: Printer broken", in_reply_to="m1")
@@ -134,7 +134,7 @@ async def test_reopen_example_leaves_an_old_ticket_to_the_policy_for_someone_els
 async def test_new_helpdesk_when_the_old_one_is_done():
     for extension in ("", NEW_WHEN_DONE):
         w = World(extension)  # the mailbox reopens closed tickets by default
-        first = await w.deliver("m1")
+        first = await w.deliver("m1", cc=(BERTIL[0],))  # Bertil on Cc: a party to the ticket
         await w.close(first.ticket_number)
         reply = await w.deliver("m2", subject="RE: Printer broken", in_reply_to="m1")
         if not extension:

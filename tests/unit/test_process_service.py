@@ -209,3 +209,21 @@ async def test_crm_rejection_is_permanent_failure_recorded():
     outcome = await proc.run(JOB)
     assert outcome.status == FAILED and "title too long" in ledger.rows[("user-1", "msg-1")].last_error
     assert store.deleted == []  # failed mail stays in the Inbox
+
+
+async def test_the_autoreply_job_is_queued_only_once_the_ledger_row_holds_its_ticket():
+    """The autoreply sender reads the mail's ledger row as soon as its job is on the queue: the row
+    must already say which ticket (a job queued before that write met "the mail's ledger row (with
+    its ticket) is gone" and failed the autoreply)."""
+    proc, clock, box, store, crm, ledger, queue, _ = make()
+    seen = []
+    send = queue.send
+
+    async def send_and_look(name, job, visibility_timeout=0):
+        if name == QUEUE_AUTOREPLIES:
+            row = await ledger.get(job.mailbox_id, job.message_id)
+            seen.append(row.data.get("ticket_id") if row else None)
+        return await send(name, job, visibility_timeout)
+    queue.send = send_and_look
+    outcome = await proc.run(JOB)
+    assert outcome.status == PROCESSED and seen == [outcome.data["ticket_id"]]

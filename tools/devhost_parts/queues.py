@@ -19,6 +19,8 @@ import math
 import os
 import random
 import re
+import threading
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -42,6 +44,22 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("devhost.queues")
 
 MIN_POLLING_INTERVAL = 0.1
+
+# The host's own queue requests by operation ("inbox-messages get" ...): in Azure the Functions host
+# makes them (polling, lease renewals, completing and poisoning messages) and they are Storage
+# transactions like the app's; GET /admin/devhost/storage-ops reports them (bench/pipeline.py).
+HOST_QUEUE_OPS: Counter[str] = Counter()
+_ops_lock = threading.Lock()
+_QUEUE_VERBS = {"POST": "put", "GET": "get", "DELETE": "delete", "PUT": "update"}
+
+
+def _count_request(request: Any) -> None:
+    http = getattr(request, "http_request", request)
+    path = [p for p in http.url.split("?", 1)[0].split("://", 1)[-1].split("/")[1:] if p]
+    name = path[1] if len(path) > 1 and ".core." not in http.url else (path[0] if path else "-")
+    kind = f"{name} {_QUEUE_VERBS.get(http.method.upper(), http.method.lower())}"
+    with _ops_lock:
+        HOST_QUEUE_OPS[kind] += 1
 _WS = re.compile(r"\s+")
 
 
@@ -92,7 +110,8 @@ class StorageClients:
             extra = {"retry_policy": _retry_policy()} if _retry_policy else {"retry_total": 3}
             if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")):
                 extra["use_env_settings"] = False  # aiohttp would read proxies and ~/.netrc per request
-            service = QueueServiceClient.from_connection_string(connection, connection_timeout=5, **extra)
+            service = QueueServiceClient.from_connection_string(connection, connection_timeout=5,
+                                                                raw_request_hook=_count_request, **extra)
             self._services[connection] = service
         return service.get_queue_client(name)
 

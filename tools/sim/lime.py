@@ -35,7 +35,9 @@ Faults, latency and the request log come from httpbase (``sim.faults.add(503, pa
 without an answer (a crash or timeout between Lime's commit and our reading the answer).
 ``sim.rate_limit = (3000, 300)`` answers 429 with Retry-After beyond N requests per window and IP.
 The request log never holds the API key. ``sim.calls`` lists the API requests the handlers answered,
-recorded before the answer goes out (count calls with it: the base's log is written after the answer).
+recorded before the answer goes out (count calls with it: the base's log is written after the answer);
+``sim.counts()`` gives them by kind (tests/integration/test_call_budgets.py asserts the per-mail
+budgets with it).
 
 Start it with ``LimeSim().start()`` or ``python -m tools.sim.lime --port 0`` (prints its URLs).
 """
@@ -233,6 +235,19 @@ class LimeSim(SimServer):
         """Create an object directly (validated like POST); returns the stored raw object."""
         with self._lock:
             return copy.deepcopy(self._insert(limetype, values))
+
+    def counts(self, since: int = 0) -> dict[str, int]:
+        """API requests answered since `calls[since]`, by kind: "METHOD path" with ids as {id}
+        (`GET query/`, `POST limeobject/helpdesk/`, `GET limeobject/helpdesk/{id}/`, ...)."""
+        with self._lock:
+            calls = list(self.calls[since:])
+        out: dict[str, int] = {}
+        for call in calls:
+            path = call["path"].split("/api/v1/", 1)[-1]
+            shaped = re.sub(r"(^|/)-?[0-9]+(?=/|$)", r"\1{id}", path)
+            kind = f"{call['method']} {shaped}"
+            out[kind] = out.get(kind, 0) + 1
+        return out
 
     def file_bytes(self, file_id: int) -> bytes:
         return self.files[int(file_id)]["data"]

@@ -4,7 +4,9 @@ Serves the endpoints of ../shared/facts/lime-crm-and-traml.md §3 under ``/bedro
 
 * ``GET ping/version`` -> ``{"Version": ...}``
 * ``GET mailtemplate`` -> ``[{Id, HtmlLayoutId, TextLayoutId, CreatedByUserId, Name, Description,
-  CreationDate, ModifiedDate}]``; ``GET mailtemplate/{id}/variables``
+  CreationDate, ModifiedDate}]``; ``GET mailtemplate/name/{name}`` -> the one template of that name
+  (the lowest id when several share it; 404 with TRAML's error body when none: the name is matched
+  exactly); ``GET mailtemplate/{id}/variables``
 * ``GET SendingDomain`` -> ``[{Domain, IsDomainVerified}]``
 * ``POST transactionmail/sendtemplate`` -> ``TransactionMailModel``
 
@@ -104,6 +106,7 @@ class TramlSim(SimServer):
         self.base_path = f"/bedrock/{account}/api"
         self.route("GET", base + r"/ping/version", self._ping)
         self.route("GET", base + r"/mailtemplate/?", self._templates)
+        self.route("GET", base + r"/mailtemplate/name/(?P<name>.+)", self._template_by_name)  # decoded path
         self.route("GET", base + r"/mailtemplate/(?P<id>-?\d+)/variables", self._variables)
         self.route("GET", base + r"/SendingDomain/?", self._domains, flags=re.IGNORECASE)
         self.route("POST", base + r"/transactionmail/sendtemplate", self._sendtemplate, flags=re.IGNORECASE)
@@ -170,6 +173,15 @@ class TramlSim(SimServer):
         with self._lock:
             items = [{k: v for k, v in t.items() if not k.startswith("_")} for t in self.templates.values()]
         return json_response(items)
+
+    def _template_by_name(self, req: Request) -> Response:
+        self._auth(req)
+        name = req.params["name"]
+        with self._lock:
+            found = [t for tid, t in sorted(self.templates.items()) if t["Name"] == name]
+        if not found:
+            raise HttpError(404, "NotFound", f"Mail template '{name}' does not exist.")
+        return json_response({k: v for k, v in found[0].items() if not k.startswith("_")})
 
     def _variables(self, req: Request) -> Response:
         self._auth(req)

@@ -4,26 +4,31 @@ and company helpers TableCrm has, with the same business results.
 Wire: httpx (async), base `LIME_CRM_URL` + `/api/v1/`, headers `x-api-key` and
 `Accept: application/hal+json`, TLS verified against the system store plus `OUTBOUND_CA_BUNDLE`.
 Calls: limeobject CRUD (`POST|GET|PUT limeobject/{limetype}/[{id}/]`), the query API
-(`GET query/?q=<json>`) for every lookup (person by email, helpdesk by number, by idempotency key, by
-Message-ID), `POST file/` then a `document` limeobject for files, `GET limetype/{name}/?_embed=properties`
-for the schema check.
+(`GET query/?q=<json>`) for lookups (the sender's person with its domain's persons, companies by the
+sender's address, domain and website, a ticket by number), `POST file/` then a `document` limeobject
+for files, `GET limetype/{name}/?_embed=properties` for the schema check.
 
 Ids: persons, companies, history notes and documents are Lime's `_id` as a string; a ticket id is
 `hd<_id>` (so `set_ticket_status("1042")`, a ticket NUMBER, can never be mistaken for an id).
 `reserve_ticket_number()` is '' (Lime numbers tickets itself, e.g. the Helpdesk add-on's save hook);
-the number is read from the created object.
+the number is read from the create's answer (a GET only when the answer lacks it).
 
-Idempotency (Lime has no unique constraints): every object the inbox creates carries the hash of its
-idempotency key in a text property (`LIME_KEY_PROPERTY`, default `inboxkey`, on helpdesk, history,
-document and company). A create holds a lock on (limetype, key), queries the key, and POSTs only when
-nothing has it; an answer lost after Lime's commit is resolved by querying the key again. Persons are
-keyed by their e-mail address under the same lock, so concurrent first mails of a new sender make one
-person. The lock is an ETag-guarded row in the Azure Table `ratelimits` (partition `limelock`, row =
-hash of the name) holding an expiry; a crashed holder's row is taken over once it expired
-(TableKeyLock), behind an in-process asyncio lock per name. Without the key property on a limetype
-(reported by check_schema) creates of that limetype are NOT idempotent: a crash or timeout between
-Lime's commit and the ledger record, or the same mail in two monitored mailboxes at once, can make a
-duplicate. docs/lime.md states the schema requirement.
+Idempotency (Lime has no unique constraints): what the inbox creates is recorded in our own Table
+storage (records.py: table `ratelimits`, partition `lime`). A create claims its record (an insert:
+the lock across every worker, and the proof that no earlier attempt exists), POSTs without asking
+Lime, and records the created id; a record found `created` answers instead of Lime. Lime is asked
+(the key query on `LIME_KEY_PROPERTY`, default `inboxkey`, which every created object carries as
+the hash of its key) only when an earlier attempt's outcome is unknown: its holder died or lost
+Lime's answer before recording it. The processor wraps a mail's writes in a scope (creates.py,
+`mail_writes`): one record for the mail's own objects, the ticket's and person's claimed with it,
+all recorded together at the end with the ticket index. Persons are keyed by their address, so
+concurrent first mails of a new sender make one person. Without the key property on a limetype
+(reported by check_schema) an unknown outcome cannot be resolved: a crash or timeout between
+Lime's commit and our record makes a duplicate. docs/lime.md states the schema requirement.
+
+Threading (tickets.py): our ticket index in the same partition (Message-IDs, number, person,
+company, the parties) answers find_ticket_by_message_ids; Lime's Message-ID property only for
+tickets from before it. Lookups are cached per worker for two minutes (lookups.py).
 
 Limits (read from the schema, Lime's core lengths as fallback): titles are clipped to 128; a note
 longer than `note` (4,000) is cut, marked, and its full text stored as a document on the ticket,
@@ -38,16 +43,20 @@ LIME_RATE_LIMIT_WINDOW_SECONDS (Lime Cloud: 3,000 per 5 minutes per IP); a long 
 TransientError(retry_after) instead of blocking.
 
 Files: gateway.py (LimeCrm: construction, the API key and its httpx client), transport.py (requests,
-retries, LimeRejected/AmbiguousWrite), limiter.py (the client-side rate limit), locks.py (key locks
-and create-once), schema.py (check_schema, SchemaReport), values.py (LimeNames and value helpers),
-and one LimeCrm mixin per concern: persons.py (persons and companies), tickets.py, history.py,
-documents.py, views.py (browsing for the manage API).
+retries, LimeRejected/AmbiguousWrite), limiter.py (the client-side rate limit), records.py (our
+create records and their storage), creates.py (create-once and the write scope), lookups.py (the
+per-worker lookup cache), schema.py (check_schema, SchemaReport), values.py (LimeNames and value
+helpers), and one LimeCrm mixin per concern: persons.py (persons and companies), tickets.py (and the
+ticket index), history.py, documents.py, views.py (browsing for the manage API), maintenance.py
+(retention and the privacy erase of what we keep).
 """
 from __future__ import annotations
 
 from .gateway import LimeCrm
 from .limiter import SlidingWindowLimiter
-from .locks import Held, KeyLock, LocalKeyLock, TableKeyLock
+from .creates import WriteScope
+from .lookups import LOOKUP_TTL, SenderLookups
+from .records import Claim, CreateRecords, MemoryRecordTable, RecordConflict, RecordTable, TableRecordTable
 from .schema import (
     DEFAULT_LENGTHS, KEYED, LIMETYPES, SCHEMA_TTL_BAD, SCHEMA_TTL_OK, STRING_TYPES, SchemaReport,
 )
@@ -58,8 +67,9 @@ from .values import (
 )
 
 __all__ = [
-    "API_PREFIX", "DEFAULT_LENGTHS", "KEYED", "KEY_VALUE_LENGTH", "LIMETYPES", "LIME_CONNECTIONS", "NO_TEXT",
-    "QUERY_URL_MAX", "SCHEMA_TTL_BAD", "SCHEMA_TTL_OK", "STRING_TYPES", "USER_AGENT", "AmbiguousWrite", "Held",
-    "KeyLock", "LimeCrm", "LimeNames", "LimeRejected", "LocalKeyLock", "SchemaReport", "SlidingWindowLimiter",
-    "TableKeyLock", "fit_message_ids", "parse_message_ids", "ticket_id_of", "truncate_note",
+    "API_PREFIX", "DEFAULT_LENGTHS", "KEYED", "KEY_VALUE_LENGTH", "LIMETYPES", "LIME_CONNECTIONS", "LOOKUP_TTL",
+    "NO_TEXT", "QUERY_URL_MAX", "SCHEMA_TTL_BAD", "SCHEMA_TTL_OK", "STRING_TYPES", "USER_AGENT", "AmbiguousWrite",
+    "Claim", "CreateRecords", "LimeCrm", "LimeNames", "LimeRejected", "MemoryRecordTable", "RecordConflict",
+    "RecordTable", "SchemaReport", "SenderLookups", "SlidingWindowLimiter", "TableRecordTable", "WriteScope",
+    "fit_message_ids", "parse_message_ids", "ticket_id_of", "truncate_note",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 from urllib.parse import quote
 
+from .records import NEW, UNKNOWN
 from .schema import SchemaReport
 from .transport import LimeRejected, _FileBody
 from .values import _clean_filename, _clip, _key_value, _oid, _rel_id, _time_out, ticket_id_of
@@ -55,32 +56,39 @@ class _Documents:
         if keyed:
             body[self.names.key_property] = kv
 
-        async def upload_and_find() -> dict[str, Any] | None:
-            found = await self._find_key("document", kv, ("document",)) if keyed else None
-            if found is None and "document" not in body:
-                meta = await self._json("POST", "file/", content=data, timeout=self._upload_timeout, headers={
-                    "Content-Type": content_type, "Content-Length": str(len(data)),
-                    "Content-Disposition": f";filename*=\"UTF-8''{quote(name, safe='')}\""})
-                file_id = (meta or {}).get("id") if isinstance(meta, dict) else None
-                if file_id is None:
-                    raise TransientError("Lime CRM POST file/: the answer has no file id")
-                body["document"] = int(file_id)
-            return found
+        async def upload() -> None:  # only when the document is really to be created
+            if isinstance(data, _FileBody):
+                await self.flush_writes()  # a long upload: do not keep other mails waiting for our records
+            meta = await self._json("POST", "file/", content=data, timeout=self._upload_timeout, headers={
+                "Content-Type": content_type, "Content-Length": str(len(data)),
+                "Content-Disposition": f";filename*=\"UTF-8''{quote(name, safe='')}\""})
+            file_id = (meta or {}).get("id") if isinstance(meta, dict) else None
+            if file_id is None:
+                raise TransientError("Lime CRM POST file/: the answer has no file id")
+            body["document"] = int(file_id)
 
         try:
-            if keyed:
-                obj, _ = await self._create_once("document", body, f"document|{kv}", upload_and_find)
-            else:
-                await upload_and_find()
-                obj, _ = await self._create_once("document", body, None, None)
+            obj, _ = await self._create_once("document", body, key,
+                                             (lambda: self._find_key("document", kv, ("document",))) if keyed else None,
+                                             prepare=upload)
         except LimeRejected as exc:
             await self._require_ticket_on_reject(exc, ticket_id)
             raise
         return str(obj["_id"])
 
     async def find_document(self, key: str) -> str | None:
-        """The id of the document created under `key`, None when there is none (one query; a retry
-        asks before it reads a large file again). Without the key property nothing can be found."""
+        """The id of the document created under `key`, None when there is none (a retry asks before
+        it reads a large file again). In the mail's write scope our record answers (no request)
+        unless an earlier attempt's outcome is unknown; then one query. Without the key property
+        Lime cannot be asked."""
+        scope = self._scope()
+        if scope is not None and scope.covers(key) and not scope.sole:
+            claim = await self._scope_claim(scope)
+            known = scope.known.get(f"document|{key}")
+            if known:
+                return known
+            if claim.outcome == NEW or (claim.outcome == UNKNOWN and scope.trusted):
+                return None  # our record lists everything made under the mail's key: not this
         report = await self._schema()
         if not self._keyed(report, "document"):
             return None

@@ -6,6 +6,7 @@ only, name-mangled) and the httpx client built with it, closing, and the lock ta
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -14,8 +15,11 @@ import httpx
 from .documents import _Documents
 from .history import _History
 from .limiter import SlidingWindowLimiter
-from .locks import KeyLock, LocalKeyLock, TableKeyLock, _KeyedCreates
+from .creates import WriteScope, _KeyedCreates
+from .lookups import SenderLookups
+from .maintenance import _Maintenance
 from .persons import _PersonsCompanies
+from .records import CreateRecords, MemoryRecordTable, RecordTable, TableRecordTable
 from .schema import SchemaReport, _SchemaChecks
 from .tickets import _Tickets
 from .transport import API_PREFIX, LIME_CONNECTIONS, USER_AGENT, _Transport
@@ -28,24 +32,24 @@ from ...domain.errors import PermanentError
 
 # The adapter ------------------------------------------------------------------------------------
 class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _SchemaChecks, _KeyedCreates,
-              _Transport):
+              _Maintenance, _Transport):
     """CrmGateway on Lime CRM's REST API, plus TableCrm's browsing and company helpers."""
 
     TICKET_FIELDS = ("title", "person", "company")
 
     def __init__(self, base_url: str, api_key: str, *, names: LimeNames | None = None,
-                 locks: KeyLock | None = None, ca_bundle: str = "", rate_limit: int = 3000,
+                 records: RecordTable | None = None, ca_bundle: str = "", rate_limit: int = 3000,
                  rate_window: float = 300.0, timeout: float = 30.0, upload_timeout: float = 300.0,
                  attempts: int = 4, max_wait: float = 5.0, backoff: float = 0.5,
                  max_file_bytes: int = 100 * 1024 * 1024,
                  sleep: Callable[[float], Awaitable[None]] | None = None,
                  clock: Callable[[], datetime] | None = None,
+                 record_clock: Callable[[], datetime] | None = None,
                  limiter: SlidingWindowLimiter | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._base = base_url.rstrip("/")
         self.__key = api_key
         self.names = names or LimeNames()
-        self._locks: KeyLock = locks or LocalKeyLock()
         self._ca_bundle = ca_bundle
         self._verify: Any = tls.verify_for(ca_bundle)
         self._timeout = timeout
@@ -63,11 +67,20 @@ class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _Schema
         self._report_at = float("-inf")
         self._schema_lock: asyncio.Lock | None = None
         self._status_back = {v: k for k, v in self.names.statuses.items()}
+        # our own records of what we created (records.py) and the scope of the current mail's writes
+        # the records' leases run on real time (`record_clock` for tests), not on `clock`, which a
+        # test may move by hours: a holder's lease must not end between its check and its write
+        self._records = CreateRecords(records or MemoryRecordTable(), clock=record_clock)
+        self._scope_var: contextvars.ContextVar[WriteScope | None] = contextvars.ContextVar(
+            f"lime-writes-{id(self)}", default=None)
+        self._had_mail: Callable[[], Awaitable[bool]] | None = None
+        self.lookups = SenderLookups()  # per-worker cache of person and company lookups (lookups.py)
 
     @classmethod
     def from_settings(cls, settings: Settings, account: Any = None, **kwargs: Any) -> "LimeCrm":
-        """Built by shared/bootstrap.py. The create locks live in the `ratelimits` table of
-        `account` (a StorageAccount; one is made from AzureWebJobsStorage when not given)."""
+        """Built by shared/bootstrap.py. The create records and the ticket index live in the
+        `ratelimits` table of `account` (a StorageAccount; one is made from AzureWebJobsStorage when
+        not given)."""
         env = settings.env
         if account is None:
             from ..storage_clients import StorageAccount
@@ -75,8 +88,10 @@ class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _Schema
         kwargs.setdefault("names", LimeNames.from_env(env))
         kwargs.setdefault("rate_limit", _int_setting(env, "LIME_RATE_LIMIT_REQUESTS", 0))
         kwargs.setdefault("rate_window", float(_int_setting(env, "LIME_RATE_LIMIT_WINDOW_SECONDS", 1)))
-        kwargs.setdefault("locks", TableKeyLock(account))
-        return cls(settings.lime_url, settings.lime_api_key, ca_bundle=settings.ca_bundle, **kwargs)
+        kwargs.setdefault("records", TableRecordTable(account))
+        crm = cls(settings.lime_url, settings.lime_api_key, ca_bundle=settings.ca_bundle, **kwargs)
+        crm._had_mail = lambda: _ledger_has_rows(account)
+        return crm
 
     def __repr__(self) -> str:  # never the key
         return f"LimeCrm(base_url={self._base!r})"
@@ -101,11 +116,22 @@ class LimeCrm(_PersonsCompanies, _Tickets, _History, _Documents, _Views, _Schema
             self._client = None
 
     async def ensure(self) -> None:
-        """Create the lock table (Services.ready() calls this). Does not call Lime."""
-        ensure = getattr(self._locks, "ensure", None)
-        if ensure is not None:
-            await ensure()
+        """Create the records' table (Services.ready() calls this). Does not call Lime."""
+        await self._records.ensure(self._had_mail)
 
     def _scrub(self, text: str) -> str:
         key = self.__key
         return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+async def _ledger_has_rows(account: Any) -> bool:
+    """Whether the app processed mail before (an upgrade to the create records: records.py)."""
+    from azure.core.exceptions import ResourceNotFoundError
+    try:
+        async for _ in account.table("ledger").query_entities(
+                "PartitionKey ge @lo and PartitionKey lt @hi", parameters={"lo": "m-", "hi": "m."},
+                select=["PartitionKey"], results_per_page=1):
+            return True
+    except ResourceNotFoundError:
+        return False
+    return False

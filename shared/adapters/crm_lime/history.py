@@ -44,28 +44,23 @@ class _History:
         if keyed:
             body[self.names.key_property] = kv
 
-        async def build_and_find() -> dict[str, Any] | None:
-            found = await self._find_key("history", kv, ("date",)) if keyed else None
-            if found is None and "note" not in body:
-                body["note"] = note
-                if limit and len(note) > limit:
-                    stamp = utc(draft.date).strftime("%Y%m%d-%H%M%S")
-                    doc_id = await self._long_text_document(
-                        report, ticket, f"{key}#note", note, f"note-{stamp}",
-                        f"Full text of the history note of {stamp} ({len(note)} characters)")
-                    body["note"] = truncate_note(note, limit, f"\n\n[... cut at {limit} characters: the full text "
-                                                              f"({len(note)} characters) is in the document "
-                                                              f"note-{stamp}]")
-                    if report.has("history", "document"):
-                        body["document"] = int(doc_id)
-            return found
+        async def long_note() -> None:  # only when the note is really to be created
+            body["note"] = note
+            if limit and len(note) > limit:
+                stamp = utc(draft.date).strftime("%Y%m%d-%H%M%S")
+                doc_id = await self._long_text_document(
+                    report, ticket, f"{key}#note", note, f"note-{stamp}",
+                    f"Full text of the history note of {stamp} ({len(note)} characters)")
+                body["note"] = truncate_note(note, limit, f"\n\n[... cut at {limit} characters: the full text "
+                                                          f"({len(note)} characters) is in the document "
+                                                          f"note-{stamp}]")
+                if report.has("history", "document"):
+                    body["document"] = int(doc_id)
 
         try:
-            if keyed:
-                obj, _ = await self._create_once("history", body, f"history|{kv}", build_and_find)
-            else:
-                await build_and_find()
-                obj, _ = await self._create_once("history", body, None, None)
+            obj, _ = await self._create_once("history", body, key,
+                                             (lambda: self._find_key("history", kv, ("date",))) if keyed else None,
+                                             prepare=long_note)
         except LimeRejected as exc:
             await self._require_ticket_on_reject(exc, draft.ticket_id)
             raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+from .creates import PERSON_RECORD_TRUSTED
 from .schema import SchemaReport
 from .transport import LimeRejected
 from .values import KEY_VALUE_LENGTH, _clip, _oid, _rel_id, _time_out
@@ -30,9 +31,14 @@ class _PersonsCompanies:
     async def find_or_create_person(self, address: str, name: str, company_id: str = "") -> str:
         """The first person (lowest id) with this address (compared without case); created with
         `company_id` when there is none (an existing person is left as it is). Concurrent calls for
-        one address, in any worker, make one person: the lookup runs under the lock on the address
-        (one Lime call for a known sender, two for a new one; the lock costs Table calls, not Lime's)."""
+        one address, in any worker, make one person: the create record on the address (creates.py).
+        Lime is asked first unless this worker just saw the address without a person (the lookup
+        of the mail's sender a moment ago) or knows the person already: a new sender costs one
+        POST, a known one nothing."""
         email = normalize_email(address)
+        cached = self.lookups.persons.get(email)
+        if cached is not None:
+            return cached.id
         report = await self._schema()
         limit = report.length("person", "email")
         if limit and len(email) > limit:
@@ -45,11 +51,19 @@ class _PersonsCompanies:
                                 "lastname": _clip(last, report.length("person", "lastname")), "email": email}
         if company is not None:
             body["company"] = company
-        obj, created = await self._create_once("person", body, f"person|{email}",
-                                               lambda: self._find_person_row(email))
+        now = self._records.now()
+        obj, created = await self._create_once(
+            "person", body, email, lambda: self._find_person_row(email),
+            fresh=lambda c: c.created_at is not None and now - c.created_at < PERSON_RECORD_TRUSTED,
+            extra=lambda o: {"company": _rel_id(o.get("company"))},
+            external=True, absent=bool(self.lookups.absent.get(email)))
+        person = PersonRef(str(obj["_id"]), _rel_id(obj.get("company")))
         if created:
             log.info("lime.person-created id=%s", obj.get("_id"))
-        return str(obj["_id"])
+            self.lookups.created_person(email, person)
+        else:
+            self.lookups.found_person(email, person)
+        return person.id
 
     async def lookup_person(self, address: str) -> PersonRef | None:
         """The first person whose email is `address` (case-insensitive), with its company."""
@@ -57,8 +71,48 @@ class _PersonsCompanies:
             email = normalize_email(address)
         except ValueError:
             return None
+        cached = self.lookups.persons.get(email)
+        if cached is not None:
+            return cached
         row = await self._find_person_row(email)
-        return PersonRef(str(row["_id"]), _rel_id(row.get("company"))) if row is not None else None
+        person = PersonRef(str(row["_id"]), _rel_id(row.get("company"))) if row is not None else None
+        self.lookups.found_person(email, person)
+        return person
+
+    async def lookup_sender(self, address: str, domain_persons: bool) -> tuple[PersonRef | None, list[str] | None]:
+        """The sender's person (as lookup_person) and, when `domain_persons`, the distinct company
+        ids ('' for none, at most 2) of the persons at its domain (as person_company_ids): one
+        query for both while the domain has at most 50 persons, answered from the cache within
+        LOOKUP_TTL."""
+        try:
+            email = normalize_email(address)
+        except ValueError:
+            return None, [] if domain_persons else None
+        dom = email.rpartition("@")[2]
+        person = self.lookups.persons.get(email)
+        companies = self.lookups.domains.get(dom) if domain_persons else None
+        if not domain_persons:
+            return (person if person is not None else await self.lookup_person(email)), None
+        if person is not None and companies is not None:
+            return person, list(companies)
+        suffix = "@" + dom
+        rows = await self._query("person", ("email", "company"), {"key": "email", "op": "?", "exp": suffix}, limit=50)
+        full = len(rows) >= 50
+        hits = [r for r in rows if str(r.get("email") or "").strip().lower().endswith(suffix)]
+        exact = next((r for r in hits if str(r.get("email") or "").strip().lower() == email), None)
+        if exact is not None:
+            person = PersonRef(str(exact["_id"]), _rel_id(exact.get("company")))
+            self.lookups.found_person(email, person)
+        elif person is None:
+            person = await self.lookup_person(email) if full else None
+            if not full:
+                self.lookups.found_person(email, None)
+        if companies is None:
+            companies = list(dict.fromkeys(_rel_id(r.get("company")) for r in hits))[:2]
+            if full and len(companies) < 2:
+                companies = await self.person_company_ids(dom)
+            self.lookups.domains.put(dom, tuple(companies))
+        return person, list(companies)
 
     async def find_person(self, address: str) -> str | None:
         found = await self.lookup_person(address)
@@ -165,6 +219,29 @@ class _PersonsCompanies:
         hits = sorted((r for r in rows if self._company_matches(report, r, match, norm)), key=lambda r: int(r["_id"]))
         return [str(r["_id"]) for r in hits[:limit]]
 
+    async def match_companies(self, address: str, domain: str, matches: tuple[str, ...]) -> dict[str, list[str]]:
+        """find_company_ids for several matches at once (levels b-d: "email" against `address`,
+        "email_domain" and "website" against `domain`), in one query; cached for LOOKUP_TTL."""
+        for m in matches:
+            check_company_match(m)
+        mail = (address or "").strip().lower()
+        dom = normalize_domain(domain or "")
+        cache_key = (mail, dom, matches)
+        cached = self.lookups.companies.get(cache_key)
+        if cached is not None:
+            return {m: list(ids) for m, ids in cached.items()}
+        report = await self._schema()
+        wanted = [(m, mail if m == "email" else dom) for m in matches if (mail if m == "email" else dom)]
+        rows = await self._companies(report, wanted) if wanted else []
+        if len(rows) >= 50:  # maybe not all: ask per match
+            out = {m: await self.find_company_ids(m, v) for m, v in wanted}
+        else:
+            out = {m: [str(r["_id"]) for r in sorted((r for r in rows if self._company_matches(report, r, m, v)),
+                                                     key=lambda r: int(r["_id"]))][:2] for m, v in wanted}
+        out = {m: out.get(m, []) for m in matches}
+        self.lookups.companies.put(cache_key, {m: tuple(ids) for m, ids in out.items()})
+        return out
+
     async def find_company_by_domain(self, domain: str) -> str | None:
         """The first company (lowest id) whose email or website has this domain."""
         dom = normalize_domain(domain)
@@ -218,7 +295,9 @@ class _PersonsCompanies:
                 body[n.company_email] = mail
         if keyed:
             body[n.key_property] = kv
-        obj, _ = await self._create_once("company", body, f"company|{dom or kv or clean.casefold()}", find)
+        obj, created = await self._create_once("company", body, dom or kv or clean.casefold(), find, external=True)
+        if created:
+            self.lookups.created_company()
         return str(obj["_id"])
 
     async def get_company(self, company_id: str) -> dict[str, Any] | None:

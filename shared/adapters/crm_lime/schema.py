@@ -153,9 +153,8 @@ class _SchemaChecks:
             if lt not in P:
                 continue
             loss = ("companies are matched by name instead of by key" if lt == "company" else
-                    f"creating a {lt} is not idempotent: a crash or timeout between Lime's create and the ledger "
-                    f"record, or the same mail arriving in two monitored mailboxes at once, can make a duplicate "
-                    f"{'ticket' if lt == 'helpdesk' else lt}")
+                    f"an interrupted create of a {lt} cannot be resolved: a crash or timeout between Lime's create "
+                    f"and our record of it makes a duplicate {'ticket' if lt == 'helpdesk' else lt} on the retry")
             if not n.key_property:
                 report.warnings.append(f"LIME_KEY_PROPERTY is empty: {loss}")
                 continue
@@ -170,11 +169,12 @@ class _SchemaChecks:
                                        f"characters; it needs at least {KEY_VALUE_LENGTH}")
         if "helpdesk" in P:
             if not n.message_ids:
-                report.warnings.append("LIME_PROP_MESSAGE_IDS is empty: replies thread by the subject tag only, "
-                                       "not by In-Reply-To/References")
+                report.warnings.append("LIME_PROP_MESSAGE_IDS is empty: replies to tickets from before the inbox "
+                                       "indexed them thread by the subject tag only, not by In-Reply-To/References")
             elif n.message_ids not in P["helpdesk"]:
                 report.warnings.append(f"helpdesk.{n.message_ids} (LIME_PROP_MESSAGE_IDS) does not exist: replies "
-                                       "thread by the subject tag only, not by In-Reply-To/References")
+                                       "to tickets from before the inbox indexed them thread by the subject tag "
+                                       "only, not by In-Reply-To/References")
             elif _kind(P["helpdesk"][n.message_ids]) not in ("string", "text"):
                 report.problems.append(f"helpdesk.{n.message_ids} (LIME_PROP_MESSAGE_IDS) must be a text property")
         if "company" in P:

@@ -4,10 +4,13 @@ than helpdesk.description is cut and its full text stored as a document on the t
 """
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
+from .records import mid_row_key, ticket_row_key
 from .schema import SchemaReport, _kind
 from .values import (
     QUERY_URL_MAX, _chunks, _clip, _key_value, _looks_html, _oid, _option_key, _query_url_length, _rel_id, _time_in,
@@ -18,6 +21,8 @@ from ...domain.errors import PermanentError
 from ...domain.model import TicketDraft, TicketRef
 
 log = logging.getLogger("inbox.crm.lime")
+
+MAX_PARTIES = 200  # addresses kept per ticket (a Table string holds 32K characters)
 
 
 class _Tickets:
@@ -116,9 +121,16 @@ class _Tickets:
         keyed = self._keyed(report, "helpdesk")
         if keyed:
             body[n.key_property] = kv
-        obj, created = await self._create_once(
-            "helpdesk", body, f"helpdesk|{kv}" if keyed else None,
-            (lambda: self._find_key("helpdesk", kv, fields)) if keyed else None)
+        find = (lambda: self._find_key("helpdesk", kv, fields)) if keyed else None
+        keep = (lambda o: {"number": str(o.get(n.helpdesk_number) or "")})
+        obj, created = await self._create_once("helpdesk", body, key, find, extra=keep)
+        if obj.get("_record"):
+            # created before (another mail of the conversation, or an earlier attempt): as it is now
+            fresh = await self._get_object("helpdesk", int(obj["_id"]))
+            if fresh is None:  # deleted in Lime since: the conversation gets a new ticket
+                obj, created = await self._create_once("helpdesk", body, key, find, extra=keep, fresh=lambda c: False)
+            else:
+                obj = fresh
         ticket = self._ticket_ref(obj)
         if not ticket.number:
             fresh = await self._get_object("helpdesk", int(obj["_id"]))
@@ -128,23 +140,46 @@ class _Tickets:
                             obj.get("_id"), n.helpdesk_number)
         if created:
             log.info("lime.ticket-created id=%s number=%s", obj.get("_id"), ticket.number)
+        if not obj.get("_record"):  # created, or found by its key after an unknown outcome: index it
+            row = await self._index_ticket(ticket, draft)
+        else:
+            row = await self._index_row(ticket.id)
         if long_description and report.has("helpdesk", "description"):
             await self._long_text_document(report, int(obj["_id"]), f"{key}#description", description,
                                            "description", f"Full ticket description ({len(description)} characters)")
-        return ticket
+        return self._with_parties(ticket, row)
 
     async def get_ticket(self, number: str) -> TicketRef | None:
-        """By number (a ticket id 'hd<_id>' is accepted too)."""
+        """By number (a ticket id 'hd<_id>' is accepted too), with its parties from our index."""
         report = await self._schema()
         row = await self._ticket_row(report, number)
-        return self._ticket_ref(row) if row is not None else None
+        if row is None:
+            return None
+        ticket = self._ticket_ref(row)
+        return self._with_parties(ticket, await self._index_row(ticket.id))
 
     async def find_ticket_by_message_ids(self, ids: list[str]) -> TicketRef | None:
-        """The newest ticket (highest id) holding any of the Message-IDs, compared without <> and case."""
+        """The newest ticket holding any of the Message-IDs (compared without <> and case), as it is
+        in Lime now, with its parties. Our index answers (one or two Table reads and one Lime GET);
+        Lime's Message-ID property is queried only when the index knows none of them (a ticket
+        created before the index existed)."""
+        mids = [m for m in dict.fromkeys(normalize_message_id(m) for m in ids) if m]
+        if not mids:
+            return None
+        pointers = await self._records.table.get_many([mid_row_key(m) for m in mids])
+        for oid in sorted({str(p.get("ticket") or "") for p in pointers.values()} - {""}, key=int, reverse=True):
+            obj = await self._get_object("helpdesk", int(oid))
+            if obj is not None:
+                return self._with_parties(self._ticket_ref(obj), await self._index_row(ticket_id_of(oid)))
+        found = await self._find_ticket_in_lime(mids)
+        if found is None:
+            return None
+        return self._with_parties(found, await self._index_row(found.id))
+
+    async def _find_ticket_in_lime(self, mids: list[str]) -> TicketRef | None:
         report = await self._schema()
         prop = self.names.message_ids
-        mids = [m for m in dict.fromkeys(normalize_message_id(m) for m in ids) if m]
-        if not mids or not report.has("helpdesk", prop):
+        if not report.has("helpdesk", prop):
             return None
         best: dict[str, Any] | None = None
         fields = self._ticket_fields(report, (prop,))
@@ -163,28 +198,73 @@ class _Tickets:
                     break
         return self._ticket_ref(best) if best is not None else None
 
-    async def add_message_ids(self, ticket_id: str, ids: list[str]) -> None:
-        """Remember follow-ups' Message-IDs on the ticket (idempotent; read-modify-write under a lock)."""
-        report = await self._schema()
-        prop = self.names.message_ids
+    async def add_message_ids(self, ticket_id: str, ids: list[str], parties: Iterable[str] = ()) -> None:
+        """Remember a follow-up's Message-IDs (so replies to it thread here) and its To/Cc (parties
+        of the ticket from now on): in our index, no Lime request. Idempotent."""
         oid = _oid(ticket_id)
         if oid is None:
             raise PermanentError(f"Lime CRM: no ticket {ticket_id}")
-        if not report.has("helpdesk", prop):
-            return  # threading by Message-ID is off (check_schema warned)
-        async with self._locks.hold(f"msgids|{oid}") as held:
-            obj = await self._get_object("helpdesk", oid)
-            if obj is None:
-                raise PermanentError(f"Lime CRM: no ticket {ticket_id}")
-            old = parse_message_ids(str(obj.get(prop) or ""))
-            merged = merge_message_ids(old, ids)
-            if merged == old:
-                return
-            text = fit_message_ids(merged, report.length("helpdesk", prop))
-            if text == str(obj.get(prop) or ""):
-                return
-            held.check()
-            await self._put("helpdesk", oid, {prop: text})
+        row = await self._index_row(ticket_id_of(oid))
+        mids = [m for m in dict.fromkeys(normalize_message_id(m) for m in ids) if m]
+        add = sorted({str(p).strip().lower() for p in parties if p and "@" in str(p)})
+        old_mids = json.loads(row.get("mids") or "[]") if row else []
+        old_parties = json.loads(row.get("parties") or "[]") if row else []
+        new_mids = [m for m in mids if m not in old_mids]
+        new_parties = [p for p in add if p not in old_parties]
+        if row is not None and not new_mids and not new_parties:
+            return
+        ops: list[tuple[Any, ...]] = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": str(oid),
+                                                  "updated": self._records.now()}) for m in new_mids]
+        merged = {"RowKey": ticket_row_key(oid), "kind": "ticket", "mids": json.dumps((old_mids + new_mids)[-200:]),
+                  "parties": json.dumps((old_parties + new_parties)[-MAX_PARTIES:]), "updated": self._records.now()}
+        if row is None:
+            merged["legacy"] = True  # created before the index: its earlier parties are unknown
+        ops.append(("upsert", merged))
+        await self._index_write(ticket_id_of(oid), {**(row or {}), **merged}, ops)
+
+    # the ticket index (records.py's partition) ---------------------------------------------------------
+    async def _index_row(self, ticket_id: str) -> dict[str, Any] | None:
+        scope = self._scope()
+        if scope is not None and ticket_id in scope.tickets:
+            return scope.tickets[ticket_id]
+        row = await self._records.table.get(ticket_row_key(ticket_id))
+        if scope is not None and row is not None:
+            scope.tickets[ticket_id] = row
+        return row
+
+    async def _index_write(self, ticket_id: str, row: dict[str, Any], ops: list[tuple[Any, ...]]) -> None:
+        """In a scope: written with its records when it ends; else now."""
+        scope = self._scope()
+        if scope is not None:
+            scope.tickets[ticket_id] = row
+            scope.rows += ops
+        else:
+            await self._records.write(ops)
+
+    async def _index_ticket(self, ticket: TicketRef, draft: TicketDraft) -> dict[str, Any]:
+        email = draft.email.strip().lower()
+        parties = sorted({p.strip().lower() for p in (email, *draft.parties) if p and "@" in p})[:MAX_PARTIES]
+        mids = [m for m in dict.fromkeys(normalize_message_id(m) for m in draft.message_ids) if m]
+        oid = str(_oid(ticket.id))
+        row = {"RowKey": ticket_row_key(oid), "kind": "ticket", "number": ticket.number, "person": ticket.person_id,
+               "company": ticket.company_id, "person_address": email, "parties": json.dumps(parties),
+               "mids": json.dumps(mids), "legacy": False, "updated": self._records.now()}
+        ops = [("upsert", {"RowKey": mid_row_key(m), "kind": "mid", "ticket": oid, "updated": self._records.now()})
+               for m in mids]
+        ops.append(("upsert", row))
+        await self._index_write(ticket.id, row, ops)
+        return row
+
+    @staticmethod
+    def _with_parties(ticket: TicketRef, row: dict[str, Any] | None) -> TicketRef:
+        """The ticket with its parties from our index row; None (unknown) for a ticket without one
+        or with one begun after its first mails (legacy), or whose person changed in Lime since."""
+        if row is None or row.get("legacy"):
+            return ticket
+        person_address = str(row.get("person_address") or "")
+        if str(row.get("person") or "") != ticket.person_id:
+            person_address = ""  # the ticket's person was changed in Lime: the recorded address is not its
+        return replace(ticket, parties=tuple(json.loads(row.get("parties") or "[]")), person_address=person_address)
 
     async def set_ticket_status(self, ticket_id_or_number: str, status: str) -> TicketRef | None:
         """Close ('done'), park or reopen ('started'). None when there is no such ticket."""

@@ -4,10 +4,12 @@ its person, company, history (date order) and documents.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Mapping
 
 from .schema import _kind
 from .values import _option_key, _rel_id, _time_out, parse_message_ids
+from ..crm_table import merge_message_ids
 
 
 class _Views:
@@ -50,8 +52,12 @@ class _Views:
             if name in own or _kind(spec) in ("hasmany", "hasandbelongstomany") or value in (None, "", False):
                 continue
             values[name] = _option_key(value) if _kind(spec) == "option" else value
+        # the Message-IDs: those it was created with (Lime's property), then its follow-ups' (our index)
+        indexed = await self._index_row(f"hd{oid}")
+        mids = merge_message_ids(parse_message_ids(str(obj.get(n.message_ids) or "")),
+                                 json.loads((indexed or {}).get("mids") or "[]"))
         ticket = {**self._summary(obj), "description": str(obj.get("description") or ""), "values": values,
-                  "message_ids": parse_message_ids(str(obj.get(n.message_ids) or ""))}
+                  "message_ids": mids, "parties": json.loads((indexed or {}).get("parties") or "[]")}
         person = await self.get_person(ticket["person_id"]) if ticket["person_id"] else None
         company_id = ticket["company_id"] or (person or {}).get("company_id", "")
         company = await self.get_company(company_id) if company_id else None

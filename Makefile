@@ -101,6 +101,7 @@ bench: install
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/devhost_http.py
+	$(BIN)/python bench/lifecycle.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(WORKER) tools/azurite/node_modules .azurite artifacts

@@ -10,7 +10,7 @@ import logging
 import azure.functions as func
 
 from shared.bootstrap import services
-from shared.domain.errors import MalformedNotification
+from shared.domain.errors import InboxError, MalformedNotification
 from shared.domain.notifications import MAX_BODY_BYTES, validation_token_problem
 from shared.services.intake import accept_lifecycle, accept_notifications
 from shared.services.subscriptions import MAILBOX_PARAM, validate_mailbox_param
@@ -45,9 +45,12 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
     except MalformedNotification as exc:
         log.warning("graph.webhook.malformed reason=%s", exc)
         return func.HttpResponse("malformed notification", status_code=400, mimetype="text/plain")
-    except Exception as exc:  # noqa: BLE001 - any enqueue failure: 503 so Graph delivers again
+    except InboxError as exc:  # the queue put failed (Storage): 503 so Graph delivers again
         log.error("graph.webhook.enqueue-failed error=%s", type(exc).__name__)
         return func.HttpResponse("temporarily unavailable", status_code=503, mimetype="text/plain")
+    except Exception as exc:  # noqa: BLE001 - not Storage: a bug; never reported as a storage alarm
+        log.error("graph.webhook.error error=%s", type(exc).__name__)
+        return func.HttpResponse("internal error", status_code=500, mimetype="text/plain")
     return func.HttpResponse(status_code=202)
 
 
@@ -57,19 +60,16 @@ async def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
     if early is not None:
         return early
     svc = services()
-
-    async def mailbox_of(subscription_id: str) -> tuple[str, str] | None:
-        mailbox_id = await svc.subscriptions.mailbox_of(subscription_id)
-        if not mailbox_id:
-            return None
-        box = await svc.registry.get(mailbox_id)
-        return (mailbox_id, box.tenant_id) if box else None
     try:
-        await accept_lifecycle(req.get_body(), svc.queue, mailbox_of, svc.signer)
+        await accept_lifecycle(req.get_body(), svc.queue, svc.subscriptions, svc.mailbox_reader, svc.signer,
+                               validate_mailbox_param(req.params.get(MAILBOX_PARAM)))
     except MalformedNotification as exc:
         log.warning("graph.lifecycle.malformed reason=%s", exc)
         return func.HttpResponse("malformed notification", status_code=400, mimetype="text/plain")
-    except Exception as exc:  # noqa: BLE001
+    except InboxError as exc:  # a table read or the queue put failed (Storage)
         log.error("graph.lifecycle.enqueue-failed error=%s", type(exc).__name__)
         return func.HttpResponse("temporarily unavailable", status_code=503, mimetype="text/plain")
+    except Exception as exc:  # noqa: BLE001 - not Storage: a bug; never reported as a storage alarm
+        log.error("graph.lifecycle.error error=%s", type(exc).__name__)
+        return func.HttpResponse("internal error", status_code=500, mimetype="text/plain")
     return func.HttpResponse(status_code=202)

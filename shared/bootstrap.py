@@ -240,7 +240,9 @@ def _sweeper(svc: Services) -> Any:
         return None
 
     async def run(mailbox: Any, reason: str) -> Any:
-        return await sweep_mailbox(svc, mailbox, source="sweep")
+        # After `subscriptionRemoved` or `missed` no notification will come for the young mail
+        # either: take it now (no grace), not at the next timer sweep, up to 15 minutes later.
+        return await sweep_mailbox(svc, mailbox, source="sweep", grace_seconds=0)
     return run
 
 

@@ -32,7 +32,7 @@ from ..domain.errors import TransientError
 from ..ports import Clock
 from ..services.autoreply import LISTABLE, AutoreplyRecord, ClaimConflict, redact
 from . import table_batch
-from .errors import raise_storage
+from .errors import STORAGE_ERRORS, raise_storage
 from .keys import EPOCH as _EPOCH, exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount, TableStore
 
@@ -98,7 +98,7 @@ class TableAutoreplyStore(TableStore):
             return await self._table.get_entity(PARTITION, ticket_key(ticket_id))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply read")
 
     async def get(self, ticket_id: str) -> AutoreplyRecord | None:
@@ -138,8 +138,8 @@ class TableAutoreplyStore(TableStore):
                 meta = (await table_batch.submit(self._table, ops))[0]
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise ClaimConflict("autoreply row changed by another worker") from None
-        except HttpResponseError as exc:
-            if exc.status_code in (404, 409, 412):
+        except STORAGE_ERRORS as exc:
+            if getattr(exc, "status_code", None) in (404, 409, 412):
                 raise ClaimConflict("autoreply row changed by another worker") from None
             raise_storage(exc, "autoreply write")
         record.etag = (meta or {}).get("etag", "")
@@ -162,7 +162,7 @@ class TableAutoreplyStore(TableStore):
             await self._table.delete_entity(index[0], index[1])
         except ResourceNotFoundError:
             pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply index write")
 
     async def list(self, status: str, limit: int = 100) -> list[AutoreplyRecord]:
@@ -184,7 +184,7 @@ class TableAutoreplyStore(TableStore):
                         break
                 if len(rows) >= limit:
                     break
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply list")
         sem = asyncio.Semaphore(16)
 
@@ -213,7 +213,7 @@ class TableAutoreplyStore(TableStore):
         try:
             found = [e async for e in self._table.query_entities(
                 "PartitionKey eq @pk and recipient eq @a", parameters={"pk": PARTITION, "a": wanted})]
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply erase")
         scrubbed = 0
         for ent in found:
@@ -251,7 +251,7 @@ class TableAutoreplyStore(TableStore):
                         except ResourceNotFoundError:
                             pass
                 deleted += 1
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "autoreply purge")
         return deleted
 
@@ -321,11 +321,11 @@ class TableRateLimiter(TableStore):
                     return True
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     known = None  # another worker counted first (or the row is not as remembered): read again
-                except HttpResponseError as exc:
-                    if exc.status_code not in (409, 412):
+                except STORAGE_ERRORS as exc:
+                    if getattr(exc, "status_code", None) not in (409, 412):
                         raise
                     known = None
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "rate limit")
             if attempt:
                 await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
@@ -339,7 +339,7 @@ class TableRateLimiter(TableStore):
             return 1
         except ResourceNotFoundError:
             return 0
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "rate limit erase")
 
     async def purge(self, now: datetime) -> int:
@@ -354,6 +354,6 @@ class TableRateLimiter(TableStore):
                     deleted += 1
                 except ResourceNotFoundError:
                     pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "rate limit purge")
         return deleted

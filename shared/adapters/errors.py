@@ -38,6 +38,11 @@ _DNS_TEXT = ("name or service not known", "nodename nor servname", "getaddrinfo 
              "temporary failure in name resolution", "no address associated with hostname",
              "name does not resolve", "could not resolve", "errno -2]", "errno -3]", "errno -5]")
 
+# What a Storage call raises when it failed: an answer (HttpResponseError and its subclasses) or
+# none at all (connection refused, reset, timed out). `except STORAGE_ERRORS: raise_storage(...)`
+# turns both into the domain's errors, so an unreachable account is transient, not a crash.
+STORAGE_ERRORS = (HttpResponseError, ServiceRequestError, ServiceResponseError)
+
 
 def raise_storage(exc: Exception, what: str) -> NoReturn:
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):

@@ -11,6 +11,9 @@ Choices worth knowing:
 - Kiota's RetryHandler is switched off: it would sleep up to 180 s inside an invocation.  Instead
   `_call` retries a short Retry-After (<= SHORT_RETRY_AFTER s) itself, and raises TransientError
   with the wait for a long one, so the processor re-enqueues the job with that delay.
+- Transient: 5xx, 408, 423, 425 and 429, and no answer at all. Permanent (GraphRefused, and
+  GraphAccessDenied for 401/403): the answers that retrying cannot change, other 4xx and 501, 505,
+  506, 508, 510, 511; they are shown as what they are, never as "unavailable, try again".
 - One asyncio.Semaphore per (client, mailbox) caps concurrent requests at
   GRAPH_MAILBOX_CONCURRENCY (Graph allows 4 per app and mailbox across all instances); a 429
   pauses the whole mailbox for its Retry-After, not just the request that got it, and then paces
@@ -27,6 +30,7 @@ import random
 import re
 import time
 from datetime import datetime, timezone
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
@@ -57,6 +61,32 @@ class CredentialError(TransientError):
 
 class GraphAccessDenied(PermanentError):
     """Graph answered 403: a missing permission or an application access policy."""
+
+
+class GraphRefused(PermanentError):
+    """Graph answered with a status that retrying cannot change (501 Not Implemented, 400...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = {"service": "Microsoft Graph", "status": status}  # the manage API's error detail
+
+
+# 4xx that say "not now" rather than "never": retried like 5xx.
+TRANSIENT_4XX = (408, 423, 425, 429)
+# 5xx that say "never", whatever the wait: the server does not do this at all (RFC 9110 15.6).
+PERMANENT_5XX = (501, 505, 506, 508, 510, 511)
+
+
+def is_transient_status(status: int) -> bool:
+    return status in TRANSIENT_4XX or (status >= 500 and status not in PERMANENT_5XX)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"
 
 
 class AttachmentTooLarge(ContentTooLarge):
@@ -209,6 +239,7 @@ class GraphAdapter:
         self._paused_until: dict[tuple[str, str], float] = {}
         self._pacer = MailboxPacer()
         self._inbox_ids: dict[tuple[str, str], str] = {}
+        self._inbox_flights: dict[tuple[str, str], asyncio.Task] = {}  # reads of the Inbox id under way
         self._tenant_ids: dict[str, str] = {}
         self.stats = {"requests": 0, "throttled": 0, "retries": 0}
 
@@ -243,7 +274,7 @@ class GraphAdapter:
                     message = (exc.primary_message or "")[:300]
                     if status == 404:
                         raise MailNotFound(f"Graph 404 during {what}") from None
-                    if status in (429, 503, 504) or status >= 500:
+                    if is_transient_status(status):
                         wait = _retry_after(exc.response_headers)
                         if status == 429:
                             self.stats["throttled"] += 1
@@ -255,8 +286,9 @@ class GraphAdapter:
                                                 detail={"status": status})
                     elif status in (401, 403):
                         raise GraphAccessDenied(f"Graph {status} during {what}: {message}") from None
-                    else:
-                        raise PermanentError(f"Graph {status} during {what}: {message}") from None
+                    else:  # 501 Not Implemented, 400 Bad Request...: the same answer however often asked
+                        raise GraphRefused(f"Graph {status} ({_phrase(status)}) during {what}: {message}; "
+                                           "retrying cannot change this answer", status) from None
                 except ClientAuthenticationError as exc:
                     if "AADSTS" not in str(exc.message or exc) and _network_failure(exc):
                         raise self._clients.unreachable("entra", exc, what) from None
@@ -318,16 +350,37 @@ class GraphAdapter:
         return InboundMail.from_graph(mailbox.id, doc, self._custom_select)
 
     async def inbox_folder_id(self, mailbox: Mailbox) -> str:
+        """The Inbox's folder id, read once per mailbox and worker: however many mails of the mailbox
+        start at once (a backlog at start-up), one GET, which the others wait for (single flight).
+        A failed read is not kept: the next caller asks again."""
         key = (mailbox.client, mailbox.id)
-        if key not in self._inbox_ids:
-            from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
-                MailFolderItemRequestBuilder,
-            )
-            query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
-            info = self._user(mailbox).mail_folders.by_mail_folder_id("inbox").to_get_request_information(
-                self._cfg(query))
-            doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "inbox folder get")
-            self._inbox_ids[key] = str(doc.get("id", ""))
+        known = self._inbox_ids.get(key)
+        if known is not None:
+            return known
+        loop = asyncio.get_running_loop()
+        flight = self._inbox_flights.get(key)
+        if flight is None or flight.get_loop() is not loop:
+            flight = loop.create_task(self._read_inbox_id(mailbox, key))
+            self._inbox_flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        # shield: a caller cancelled while it waits does not cancel the read the others wait for
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: tuple[str, str], flight: asyncio.Task) -> None:
+        if self._inbox_flights.get(key) is flight:
+            del self._inbox_flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved here too: every waiter may have been cancelled
+
+    async def _read_inbox_id(self, mailbox: Mailbox, key: tuple[str, str]) -> str:
+        from msgraph.generated.users.item.mail_folders.item.mail_folder_item_request_builder import (
+            MailFolderItemRequestBuilder,
+        )
+        query = MailFolderItemRequestBuilder.MailFolderItemRequestBuilderGetQueryParameters(select=["id"])
+        info = self._user(mailbox).mail_folders.by_mail_folder_id("inbox").to_get_request_information(
+            self._cfg(query))
+        doc = await self._get_json(mailbox.client, mailbox.graph_user, info, "inbox folder get")
+        self._inbox_ids[key] = str(doc.get("id", ""))
         return self._inbox_ids[key]
 
     async def get_attachment(self, mailbox: Mailbox, message_id: str, attachment_id: str) -> bytes:

@@ -25,7 +25,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from ..domain.errors import LeaseHeld, TransientError
 from ..domain.model import FAILED, FINISHED, PROCESSED, PROCESSING, SKIPPED, LedgerEntry
 from ..ports import Clock
-from .errors import raise_storage
+from .errors import STORAGE_ERRORS, raise_storage
 from .keys import exact_hash, key_hash, table_time
 from .storage_clients import StorageAccount, TableStore
 
@@ -100,7 +100,7 @@ class TableLedger(TableStore):
             ent = await self._table.get_entity(_pk(mailbox_id), _rk(message_id))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger read")
         return self._from_entity(ent)
 
@@ -122,7 +122,7 @@ class TableLedger(TableStore):
             entry = await self.get(mailbox_id, message_id)
             if entry is None:
                 raise LeaseHeld("ledger row vanished during claim")
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger claim")
         if entry.status in FINISHED:
             return entry
@@ -152,8 +152,8 @@ class TableLedger(TableStore):
                 match_condition=MatchConditions.IfNotModified)
         except (ResourceModifiedError, ResourceNotFoundError):
             raise LeaseHeld("ledger row changed by another worker") from None
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
+        except STORAGE_ERRORS as exc:
+            if getattr(exc, "status_code", None) == 412:
                 raise LeaseHeld("ledger row changed by another worker") from None
             raise_storage(exc, "ledger write")
         entry.etag = meta.get("etag", "")
@@ -188,7 +188,7 @@ class TableLedger(TableStore):
             meta = await self._table.create_entity(self._to_entity(entry))
         except ResourceExistsError:
             raise LeaseHeld("ledger row created by another worker") from None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger insert")
         entry.etag = meta.get("etag", "")
         await self._reindex(entry, "")
@@ -232,7 +232,7 @@ class TableLedger(TableStore):
                     async for ent in self._table.query_entities(flt, parameters=params):
                         row = self._from_entity(ent)
                         found[row.message_id] = row
-                except HttpResponseError as exc:
+                except STORAGE_ERRORS as exc:
                     raise_storage(exc, "ledger read")
         await asyncio.gather(*(one(c) for c in chunks))
         return found
@@ -249,7 +249,7 @@ class TableLedger(TableStore):
                 await self._table.delete_entity(f"s-{was}", rk)
             except ResourceNotFoundError:
                 pass
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "ledger index delete")
         if now_indexed:
             try:
@@ -264,7 +264,7 @@ class TableLedger(TableStore):
                     "category": str(entry.data.get("category") or ""),
                     "permanent": bool(entry.data.get("permanent")),
                 }, mode="replace")
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "ledger index write")
 
     async def list_status(self, status: str, mailbox_id: str | None = None, since: datetime | None = None,
@@ -299,7 +299,7 @@ class TableLedger(TableStore):
                     data={k: ent.get(k) for k in INDEX_DATA if ent.get(k) not in (None, "")}))
                 if limit and len(out) >= limit:
                     break
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger list")
         return out
 
@@ -314,7 +314,7 @@ class TableLedger(TableStore):
             params.update(lo=prefix + "-", hi=prefix + ".")
         try:
             return len([e async for e in self._table.query_entities(flt, parameters=params, select=["RowKey"])])
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger count")
 
     async def last_processed(self) -> dict[str, datetime]:
@@ -325,7 +325,7 @@ class TableLedger(TableStore):
                 when = _dt(ent.get("processed_at"))
                 if when:
                     out[ent["mailbox_id"]] = when
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger last-processed")
         return out
 
@@ -355,7 +355,7 @@ class TableLedger(TableStore):
                     if deleted[name] + len(batch) >= max_rows:
                         break
                 deleted[name] += await self._delete_rows(batch)
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "ledger purge")
         return deleted
 
@@ -392,7 +392,7 @@ class TableLedger(TableStore):
         scrubbed = 0
         try:
             found = [self._from_entity(e) async for e in self._table.query_entities(flt, parameters={"a": wanted})]
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "ledger erase")
         for entry in found:
             for attempt in range(5):
@@ -418,7 +418,7 @@ class TableLedger(TableStore):
                     scrubbed += 1
             except ResourceNotFoundError:
                 pass
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "ledger erase")
         return scrubbed
 

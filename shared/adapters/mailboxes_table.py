@@ -11,7 +11,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..domain.model import AutoreplySettings, Mailbox
-from .errors import raise_storage
+from .errors import STORAGE_ERRORS, raise_storage
 from .keys import key_hash
 from .storage_clients import StorageAccount, TableStore
 
@@ -53,14 +53,14 @@ class TableMailboxRegistry(TableStore):
             return _from_entity(await self._table.get_entity(PARTITION, key_hash(mailbox_id)))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "mailbox read")
 
     async def list(self) -> list[Mailbox]:
         try:
             return [_from_entity(e) async for e in
                     self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION})]
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "mailbox list")
 
     async def find_by_address(self, address: str) -> Mailbox | None:
@@ -73,7 +73,7 @@ class TableMailboxRegistry(TableStore):
     async def save(self, mailbox: Mailbox) -> Mailbox:
         try:
             meta = await self._table.upsert_entity(_to_entity(mailbox), mode="replace")
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "mailbox write")
         finally:
             _GENERATION[0] += 1
@@ -86,7 +86,7 @@ class TableMailboxRegistry(TableStore):
             await self._table.delete_entity(PARTITION, key_hash(mailbox_id))
         except ResourceNotFoundError:
             pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "mailbox delete")
 
 

@@ -9,8 +9,9 @@ out), so two concurrent syncs can never both create a subscription for one mailb
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -18,12 +19,14 @@ from azure.core.exceptions import (
 )
 
 from ..services.subscriptions import LeaseLost, SubscriptionRecord
-from .errors import raise_storage
+from .errors import STORAGE_ERRORS, raise_storage
 from .keys import exact_hash, key_hash
 from .storage_clients import StorageAccount, TableStore
 
 MAILBOX = "mailbox"
 SUB = "sub"
+# mailboxes_of: up to this many distinct ids are point reads; more, one query of the `sub` partition
+POINT_READS_MAX = 8
 
 
 def _dt(value: Any) -> datetime | None:
@@ -57,14 +60,14 @@ class TableSubscriptionStore(TableStore):
             return self._from(await self._table.get_entity(MAILBOX, key_hash(mailbox_id)))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "subscription read")
 
     async def list(self) -> list[SubscriptionRecord]:
         try:
             return [self._from(e) async for e in
                     self._table.query_entities("PartitionKey eq @pk", parameters={"pk": MAILBOX})]
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "subscription list")
 
     async def acquire(self, mailbox_id: str, owner: str, now: datetime, until: datetime) -> SubscriptionRecord | None:
@@ -82,8 +85,8 @@ class TableSubscriptionStore(TableStore):
                                                        match_condition=MatchConditions.IfNotModified)
         except (ResourceExistsError, ResourceModifiedError):
             return None  # someone else got there first
-        except HttpResponseError as exc:
-            if exc.status_code in (409, 412):
+        except STORAGE_ERRORS as exc:
+            if getattr(exc, "status_code", None) in (409, 412):
                 return None
             raise_storage(exc, "subscription lease")
         rec.etag = meta.get("etag", "")
@@ -98,8 +101,8 @@ class TableSubscriptionStore(TableStore):
                 meta = await self._table.upsert_entity(self._entity(rec), mode="replace")
         except ResourceModifiedError:
             raise LeaseLost(f"subscription row of mailbox {rec.mailbox_id} changed since it was read") from None
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
+        except STORAGE_ERRORS as exc:
+            if getattr(exc, "status_code", None) == 412:
                 raise LeaseLost(f"subscription row of mailbox {rec.mailbox_id} changed since it was read") from None
             raise_storage(exc, "subscription write")
         rec.etag = meta.get("etag", "")
@@ -107,7 +110,7 @@ class TableSubscriptionStore(TableStore):
             try:
                 await self._table.upsert_entity({"PartitionKey": SUB, "RowKey": exact_hash(rec.subscription_id),
                                                  "mailbox_id": rec.mailbox_id}, mode="replace")
-            except HttpResponseError as exc:
+            except STORAGE_ERRORS as exc:
                 raise_storage(exc, "subscription lookup write")
         return rec
 
@@ -120,9 +123,29 @@ class TableSubscriptionStore(TableStore):
             ent = await self._table.get_entity(SUB, exact_hash(subscription_id))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "subscription lookup")
         return ent["mailbox_id"]
+
+    async def mailboxes_of(self, subscription_ids: Iterable[str]) -> dict[str, str | None]:
+        """The mailbox of each subscription id (None: not ours), for a lifecycle POST of many. A few
+        ids are point reads, concurrently; more are one query of the `sub` partition (one row per
+        subscription we know: a page or a few, whatever the POST holds), matched by hash."""
+        wanted = list(dict.fromkeys(subscription_ids))
+        if len(wanted) <= POINT_READS_MAX:
+            found = await asyncio.gather(*(self.mailbox_of(s) for s in wanted))
+            return dict(zip(wanted, found))
+        by_hash = {exact_hash(s): s for s in wanted}
+        out: dict[str, str | None] = dict.fromkeys(wanted)
+        try:
+            async for ent in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": SUB},
+                                                        select=["RowKey", "mailbox_id"]):
+                subscription_id = by_hash.get(ent["RowKey"])
+                if subscription_id is not None:
+                    out[subscription_id] = ent.get("mailbox_id") or None
+        except STORAGE_ERRORS as exc:
+            raise_storage(exc, "subscription lookups")
+        return out
 
     async def forget(self, subscription_id: str) -> None:
         await self._delete(SUB, exact_hash(subscription_id))
@@ -137,5 +160,5 @@ class TableSubscriptionStore(TableStore):
             await self._table.delete_entity(pk, rk)
         except ResourceNotFoundError:
             pass
-        except HttpResponseError as exc:
+        except STORAGE_ERRORS as exc:
             raise_storage(exc, "subscription delete")

@@ -32,6 +32,12 @@ class ClientStateSigner:
         match = _FORMAT.match(client_state or "")
         return int(match.group(1)) if match else None
 
+    def plausible(self, client_state: str | None) -> bool:
+        """Could this be one of ours? Its shape, and a key version we hold. No HMAC: the cheap check
+        that lets the lifecycle webhook refuse garbage before it reads a table for it."""
+        match = _FORMAT.match(client_state or "")
+        return bool(match) and int(match.group(1)) in self._keys
+
     def verify(self, client_state: str | None, tenant_id: str, mailbox_id: str) -> bool:
         """Constant-time check. Unknown (retired) key versions and malformed values fail."""
         match = _FORMAT.match(client_state or "")

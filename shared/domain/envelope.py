@@ -31,8 +31,9 @@ class MessageJob:
     subscription_id: str = ""
     source: str = "webhook"  # webhook | sweep | recovery
     correlation_id: str = field(default_factory=new_correlation_id)
-    attempt: int = 0  # re-enqueues after a long Retry-After; the queue's dequeue count is separate
+    attempt: int = 0  # re-enqueues after transient failures (domain/retry.py); the queue's dequeue count is separate
     recovery_task: str = ""
+    not_before: str = ""  # ISO time on the app's clock before which a re-enqueued job does not run
     kind: str = "message"
 
 
@@ -45,6 +46,7 @@ class AutoreplyJob:
     ticket_number: str
     correlation_id: str = field(default_factory=new_correlation_id)
     attempt: int = 0
+    not_before: str = ""
     kind: str = "autoreply"
 
 
@@ -76,7 +78,7 @@ def decode(text: str | bytes, expect: type[T]) -> T:
     """Parse an envelope of the expected kind; MalformedEnvelope (permanent) otherwise."""
     try:
         doc: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's limit
         raise MalformedEnvelope("queue message is not JSON") from None
     if not isinstance(doc, dict):
         raise MalformedEnvelope("queue message is not a JSON object")
@@ -93,5 +95,7 @@ def decode(text: str | bytes, expect: type[T]) -> T:
         raise MalformedEnvelope(f"envelope misses a field: {exc}") from None
 
 
-def with_attempt(job: T, attempt: int) -> T:
-    return type(job)(**{**asdict(job), "attempt": attempt})  # type: ignore[return-value]
+def with_attempt(job: T, attempt: int, not_before: str = "") -> T:
+    """The job re-enqueued: its attempt count, and (message and autoreply jobs) when it may run again."""
+    extra = {"not_before": not_before} if any(f.name == "not_before" for f in fields(job)) else {}
+    return type(job)(**{**asdict(job), "attempt": attempt, **extra})  # type: ignore[return-value]

@@ -71,6 +71,10 @@ def _collection(body: bytes) -> list[dict]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedNotification(f"body is not JSON: {type(exc).__name__}") from None
+    except RecursionError:
+        # `{"value":[[[[...` nested past the parser's recursion limit: a hostile body, not a
+        # storage failure (Graph's collections are four levels deep).
+        raise MalformedNotification("body is nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("value"), list):
         raise MalformedNotification("body is not a changeNotificationCollection (no 'value' array)")
     items = doc["value"]

@@ -12,9 +12,10 @@ whose outcome is unknown must never be repeated automatically:
   `claimed` after its lease (the sender died between the send and the `sent` flag) marks it
   `uncertain` and does not send; the manage API lists it and the admin may resend.
 * A send that got no answer (read timeout, connection dropped, gateway timeout) is `uncertain` too.
-* Only answers that say "not queued" release the claim for a retry: 429 and 5xx (`retrying`,
-  then the queue retries, then the poison queue records `failed`), and 4xx (`failed` at once, with
-  TRAML's message; a 4xx that blames one of our optional headers is retried without it).
+* Only answers that say "not queued" release the claim for a retry: 429, 5xx and no connection
+  (`retrying`: the job is re-enqueued with the retry schedule's growing delays, domain/retry.py, for
+  about 12 hours; then the queue retries and the poison queue records `failed`), and 4xx (`failed`
+  at once, with TRAML's message; a 4xx that blames one of our optional headers is retried without it).
 
 A missing autoreply is better than two.  Claim states: claimed -> sent | uncertain | failed |
 retrying; `skipped` records a decision not to send (rate limit, autoreplies switched off, stale).
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from ..config import QUEUE_AUTOREPLIES, SETTINGS, ConfigError, Settings
+from ..domain import retry
 from ..domain.envelope import AutoreplyJob, with_attempt
 from ..domain.errors import InboxError, PermanentError, Refusal, TransientError
 from ..domain.model import HistoryDraft, LedgerEntry, Mailbox
@@ -54,9 +57,6 @@ RESENDABLE = (UNCERTAIN, FAILED, SKIPPED, RETRYING)
 # A claim older than this without a verdict belongs to a dead worker.  The TRAML client's whole
 # budget for one send (attempts x timeout + waits) stays well below it.
 CLAIM_SECONDS = 120
-# Retry-After longer than this is not waited in the invocation: the job is re-enqueued with it.
-MAX_WAIT_IN_INVOCATION = 5.0
-MAX_REQUEUES = 8
 # process.py only queues autoreplies for mail younger than a day; a job that waited in retries far
 # past that is dropped rather than answering yesterday's mail.
 STALE_AFTER = timedelta(hours=36)
@@ -316,6 +316,18 @@ class AutoreplyService:
 
     # queue trigger --------------------------------------------------------------------------
     async def send(self, job: AutoreplyJob) -> AutoreplyOutcome:
+        """Transient means wait: TRAML, the CRM or Storage down anywhere on the way re-enqueues the
+        job with a growing delay (domain/retry.py) for about 12 hours before the queue gives up."""
+        early = retry.remaining(job.not_before, self.d.clock.now())
+        if early > 0:  # re-enqueued, and delivered before its time on our clock: put it back
+            await self.d.queue.send(QUEUE_AUTOREPLIES, job, visibility_timeout=math.ceil(early))
+            return AutoreplyOutcome("requeued", f"not before {job.not_before}")
+        try:
+            return await self._attempt(job)
+        except TransientError as exc:
+            return await self._retry(job, exc)
+
+    async def _attempt(self, job: AutoreplyJob) -> AutoreplyOutcome:
         """Most jobs are a ticket's first: its claim row is inserted without reading it first, and
         only a row found there (a redelivery, a resend) is read and settled."""
         d = self.d
@@ -346,7 +358,7 @@ class AutoreplyService:
                 return await self._later(job, 2.0, str(exc))
             except TransientError as exc:
                 await self._note_retry(job, record, exc)
-                return await self._retry(job, exc)
+                raise  # send() waits for the dependency (the retry schedule)
             except PermanentError as exc:
                 return await self._decide(job, record, FAILED, "", error=str(exc))
             return await self._deliver(job, record, plan, template_id, first)
@@ -426,7 +438,7 @@ class AutoreplyService:
         earlier attempt can have written the note (it is written without asking the CRM first)."""
         d = self.d
         try:
-            result = await self._send(plan, template_id, job)
+            result = await self._send_template(plan, template_id, job)
         except DeliveryUnknown as exc:
             record.status, record.reason, record.last_error = UNCERTAIN, "TRAML did not answer the send", str(exc)
             log.warning("autoreply.uncertain correlation=%s ticket=%s reason=no-answer", job.correlation_id,
@@ -434,7 +446,7 @@ class AutoreplyService:
             return await self._close(job, record, UNCERTAIN)
         except TransientError as exc:
             await self._note_retry(job, record, exc)
-            return await self._retry(job, exc)
+            raise
         except PermanentError as exc:
             record.status, record.reason, record.last_error = FAILED, "", str(exc)
             log.warning("autoreply.failed correlation=%s ticket=%s error=%s", job.correlation_id,
@@ -454,7 +466,7 @@ class AutoreplyService:
             raise
         return AutoreplyOutcome(SENT, "", record.transaction_id)
 
-    async def _send(self, plan: _Plan, template_id: int, job: AutoreplyJob) -> dict[str, Any]:
+    async def _send_template(self, plan: _Plan, template_id: int, job: AutoreplyJob) -> dict[str, Any]:
         """sendtemplate; a 4xx that blames one of our headers is retried without it (logged once),
         one that blames the template id refreshes the cached id once."""
         d, data, box = self.d, plan.data, plan.mailbox
@@ -594,22 +606,25 @@ class AutoreplyService:
             log.warning("autoreply.state-unavailable correlation=%s ticket=%s", job.correlation_id, job.ticket_number)
 
     async def _retry(self, job: AutoreplyJob, exc: TransientError) -> AutoreplyOutcome:
-        wait = exc.retry_after or 0
-        if wait > MAX_WAIT_IN_INVOCATION:
-            return await self._later(job, wait, str(exc), exc)
-        log.warning("autoreply.transient correlation=%s ticket=%s error=%s", job.correlation_id,
-                    job.ticket_number, redact(exc))
-        raise exc
+        """Surely not sent (or sent, and only the note is missing): wait for the dependency with the
+        retry schedule's next delay; once the schedule is spent, raise, so the queue's retries and
+        then the poison handler record the autoreply as failed."""
+        if retry.exhausted(job.attempt):
+            log.warning("autoreply.retries-exhausted correlation=%s ticket=%s attempts=%s error=%s",
+                        job.correlation_id, job.ticket_number, job.attempt, redact(exc))
+            raise exc
+        return await self._later(job, retry.delay(job.attempt, exc.retry_after), str(exc), exc)
 
     async def _later(self, job: AutoreplyJob, wait: float, reason: str,
                      exc: TransientError | None = None) -> AutoreplyOutcome:
-        """Re-enqueue the job with a delay (a long Retry-After, a claim held by a live worker)."""
-        if job.attempt >= MAX_REQUEUES:
+        """Re-enqueue the job with a delay (the retry schedule's, a claim held by a live worker)."""
+        if retry.exhausted(job.attempt):
             raise exc or TransientError(reason, retry_after=wait)
-        delay = max(1, int(wait) + 1)
-        await self.d.queue.send(QUEUE_AUTOREPLIES, with_attempt(job, job.attempt + 1), visibility_timeout=delay)
-        log.info("autoreply.requeued correlation=%s ticket=%s delay=%ss reason=%s", job.correlation_id,
-                 job.ticket_number, delay, redact(reason, 200))
+        delay = max(1, math.ceil(wait))
+        due = retry.not_before(self.d.clock.now(), delay)
+        await self.d.queue.send(QUEUE_AUTOREPLIES, with_attempt(job, job.attempt + 1, due), visibility_timeout=delay)
+        log.info("autoreply.requeued correlation=%s ticket=%s delay=%ss attempt=%s reason=%s", job.correlation_id,
+                 job.ticket_number, delay, job.attempt + 1, redact(reason, 200))
         return AutoreplyOutcome("requeued", reason)
 
     def _new_record(self, job: AutoreplyJob) -> AutoreplyRecord:

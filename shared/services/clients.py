@@ -8,7 +8,8 @@ mailbox's Inbox, answering with a distinct reason for each failure:
 
   secret_missing, bad_secret, expired_secret, bad_certificate, federation_mismatch, unknown_app,
   unknown_tenant, token_failed (credential); missing_permission (no Mail.ReadWrite);
-  mailbox_not_found, mailbox_unreachable (e.g. an application access policy); graph_unavailable.
+  mailbox_not_found, mailbox_unreachable (e.g. an application access policy); graph_unavailable;
+  graph_refused (an answer retrying cannot change, e.g. 501).
 """
 from __future__ import annotations
 
@@ -185,8 +186,11 @@ class ClientService:
                      **_where(exc))
             except PermanentError as exc:
                 text = str(exc)
-                reason = "mailbox_unreachable" if ("AccessPolicy" in text or "RAOP" in text
-                                                  or REQUIRED_ROLE in roles) else "missing_permission"
+                if getattr(exc, "status", None):  # not a refusal of access: an answer like 501, as it is
+                    reason = "graph_refused"
+                else:
+                    reason = "mailbox_unreachable" if ("AccessPolicy" in text or "RAOP" in text
+                                                      or REQUIRED_ROLE in roles) else "missing_permission"
                 fail("mailbox", reason, text, mailbox=target_id)
         return self._finish(result)
 

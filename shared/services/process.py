@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,7 +36,7 @@ from typing import Any, Awaitable, Callable
 from .. import telemetry
 from ..config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES, MailRules
 from ..domain import decision as dec
-from ..domain import mailbox_rules, policy
+from ..domain import mailbox_rules, policy, retry
 from ..domain import threading as conv
 from ..domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from ..domain.errors import LeaseHeld, MailNotFound, PermanentError, TransientError
@@ -55,11 +56,7 @@ from .mail_to_crm import Sender, find_thread, identify_sender, same_organisation
 log = logging.getLogger("inbox.process")
 
 LEASE_SECONDS = 120
-# A Retry-After longer than this is not waited in the invocation: the job is re-enqueued with it.
-MAX_WAIT_IN_INVOCATION = 5.0
-# Re-enqueues after long Retry-Afters before the mail is Failed (each is separate from the queue's
-# own maxDequeueCount of 5).
-MAX_REQUEUES = 8
+NEXT_ATTEMPT = retry.NEXT_ATTEMPT
 AUTOREPLY_MAX_AGE = timedelta(days=1)
 MAX_SUCCESSORS = 5  # closed successors of closed successors followed before giving up and reopening
 # The ticket's description: the start of the first mail as plain text (Lime's description holds
@@ -120,7 +117,13 @@ class MessageProcessor:
 
     async def run(self, job: MessageJob, dequeue_count: int = 1) -> Outcome:
         d = self.d
-        mailbox = await d.registry.get(job.mailbox_id)
+        early = retry.remaining(job.not_before, d.clock.now())
+        if early > 0:  # a re-enqueued job the queue delivered before its time on our clock
+            return await self._put_back(job, early)
+        try:
+            mailbox = await d.registry.get(job.mailbox_id)
+        except TransientError as exc:  # Storage down: wait for it like for any dependency
+            return await self._requeue_or_raise(job, exc)
         if mailbox is None:
             log.warning("process.unknown-mailbox correlation=%s message=%s", job.correlation_id, job.message_id)
             return Outcome("unknown-mailbox", "no such mailbox is registered")
@@ -132,6 +135,8 @@ class MessageProcessor:
         except LeaseHeld as exc:
             # Another worker is on it: come back when its lease ends (finished or expired by then).
             return await self._requeue_or_raise(job, TransientError(f"busy: {exc}", retry_after=exc.retry_after))
+        except TransientError as exc:  # Storage down
+            return await self._requeue_or_raise(job, exc)
         if entry.finished:
             log.info("process.already-finished correlation=%s message=%s status=%s", job.correlation_id,
                      job.message_id, entry.status)
@@ -516,34 +521,55 @@ class MessageProcessor:
                  reason or "-")
         return Outcome(status, reason, entry.data.get("ticket_number", ""), entry.data)
 
-    async def _release(self, job: MessageJob, entry: LedgerEntry, error: str) -> None:
+    async def _release(self, job: MessageJob, entry: LedgerEntry, error: str, **extra: Any) -> None:
         d = self.d
         entry.last_error = error
         entry.lease_owner, entry.lease_until = "", None
-        _trace(entry, d.clock, "error", error=error)
+        _trace(entry, d.clock, "error", error=error, **extra)
         try:
             await d.ledger.save(entry)
         except Exception:  # noqa: BLE001 - the ledger may be what is failing; the queue still retries
             log.warning("process.ledger-unavailable correlation=%s message=%s", job.correlation_id, job.message_id)
 
     async def _transient(self, job: MessageJob, entry: LedgerEntry, exc: TransientError) -> Outcome:
-        """Short waits were already retried by the adapter. Release the lease, record the error."""
-        await self._release(job, entry, f"{type(exc).__name__}: {exc}")
-        return await self._requeue_or_raise(job, exc)
+        """A dependency is down (short waits were already retried by the adapter): release the lease
+        and record the error with the next try's time (the status page counts the mail as retrying,
+        the sweep leaves it to that try), in one write; then re-enqueue the job for that time."""
+        wait = None if retry.exhausted(job.attempt) else retry.delay(job.attempt, exc.retry_after)
+        extra: dict[str, Any] = {}
+        due = ""
+        if wait is not None:
+            due = retry.not_before(self.d.clock.now(), wait)
+            entry.data[NEXT_ATTEMPT] = due
+            extra = {"next_attempt_at": due, "attempt": job.attempt + 1}
+        else:
+            entry.data.pop(NEXT_ATTEMPT, None)
+        await self._release(job, entry, f"{type(exc).__name__}: {exc}", **extra)
+        return await self._requeue_or_raise(job, exc, wait, due)
 
-    async def _requeue_or_raise(self, job: MessageJob, exc: TransientError) -> Outcome:
-        """A long Retry-After re-enqueues the job with that delay instead of holding a worker or
-        burning the queue's dequeue budget; otherwise raise so the queue retries (and poisons)."""
-        wait = exc.retry_after or 0
-        if wait > MAX_WAIT_IN_INVOCATION and job.attempt < MAX_REQUEUES:
-            delay = int(wait) + 1
-            await self.d.queue.send(QUEUE_MESSAGES, with_attempt(job, job.attempt + 1), visibility_timeout=delay)
-            log.info("process.requeued correlation=%s message=%s delay=%ss attempt=%s", job.correlation_id,
-                     job.message_id, delay, job.attempt + 1)
-            return Outcome("requeued", str(exc))
-        log.warning("process.transient correlation=%s message=%s error=%s", job.correlation_id, job.message_id,
-                    f"{type(exc).__name__}: {exc}")
-        raise exc
+    async def _requeue_or_raise(self, job: MessageJob, exc: TransientError, wait: float | None = None,
+                                due: str = "") -> Outcome:
+        """Transient means wait, not fail: re-enqueue the job with the next delay of the schedule
+        (domain/retry.py: growing from 10 s to 30 minutes, never shorter than a Retry-After), counted
+        in the envelope, without holding a worker or spending the queue's dequeue budget, which is left
+        for messages that crash the worker. Once the schedule is spent (about 12 hours), raise: the
+        queue's retries and then its poison handler make the mail Failed."""
+        if retry.exhausted(job.attempt):
+            log.warning("process.retries-exhausted correlation=%s message=%s attempts=%s error=%s",
+                        job.correlation_id, job.message_id, job.attempt, f"{type(exc).__name__}: {exc}")
+            raise exc
+        wait = wait if wait is not None else retry.delay(job.attempt, exc.retry_after)
+        due = due or retry.not_before(self.d.clock.now(), wait)
+        await self.d.queue.send(QUEUE_MESSAGES, with_attempt(job, job.attempt + 1, due),
+                                visibility_timeout=math.ceil(wait))
+        log.info("process.requeued correlation=%s message=%s delay=%ss attempt=%s error=%s", job.correlation_id,
+                 job.message_id, math.ceil(wait), job.attempt + 1, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return Outcome("requeued", str(exc))
+
+    async def _put_back(self, job: MessageJob, seconds: float) -> Outcome:
+        """Not yet: the same job (same attempt) back in the queue for the rest of its wait."""
+        await self.d.queue.send(QUEUE_MESSAGES, job, visibility_timeout=math.ceil(seconds))
+        return Outcome("requeued", f"not before {job.not_before}")
 
 
 def _copy_id(mailbox_id: str, message_id: str) -> str:

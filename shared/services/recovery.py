@@ -71,7 +71,7 @@ def decode_job(text: str | bytes) -> RecoveryJob:
     """Parse a RecoveryJob envelope (same rules as shared/domain/envelope.py)."""
     try:
         doc: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedEnvelope("queue message is not JSON") from None
     if not isinstance(doc, dict) or doc.get("v") not in READABLE_VERSIONS or doc.get("kind") != "recovery":
         raise MalformedEnvelope("not a recovery envelope of a readable version")

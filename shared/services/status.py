@@ -12,7 +12,9 @@ without TRAML or a known template, failed or uncertain autoreplies, placeholder 
 warning makes `healthy` false. Each is {reason, level, message, fix?, mailbox?, client?}.
 Failed counts come from the `s-failed` index partition; unprocessed ones are counted live from the
 Inbox (see sweep.scan_unprocessed), up to COUNT_CAP per inbox (`unprocessed_more` says there are
-more). Performs I/O only through the ports.
+more); of those, mail that failed transiently and waits for its next try (a dependency is down:
+domain/retry.py) is counted as `retrying`, with the earliest `next_retry_at`, not as unprocessed.
+Performs I/O only through the ports.
 """
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
             doc: dict[str, Any] = {
                 "id": box.id, "address": box.address, "status": state, "reason": reason,
                 "failed": await d.ledger.count_status(FAILED, box.id), "unprocessed": None,
-                "unprocessed_more": False, "last_processed_at": _iso(last.get(box.id)),
+                "unprocessed_more": False, "retrying": None, "next_retry_at": None,
+                "last_processed_at": _iso(last.get(box.id)),
                 "start_date": _iso(start_of(box)),
                 "subscription_expires_at": _iso(getattr(sub, "expiration", None)) if sub else None,
             }
@@ -101,7 +104,13 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
             if count_unprocessed:
                 try:
                     scan = await scan_unprocessed(d.mail, d.ledger, box, now, limit=COUNT_CAP)
-                    doc["unprocessed"], doc["unprocessed_more"] = len(scan.mails), scan.more
+                    # Mail that failed transiently and waits for its next try is not stuck: it is
+                    # counted apart (retrying), with the earliest next try, and never as Failed.
+                    waiting = [m for m in scan.mails if m.state == "retrying"]
+                    doc["unprocessed"], doc["unprocessed_more"] = len(scan.mails) - len(waiting), scan.more
+                    doc["retrying"] = len(waiting)
+                    doc["next_retry_at"] = min((m.next_attempt_at for m in waiting if m.next_attempt_at),
+                                               default=None)
                 except InboxError as exc:
                     doc["unprocessed_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
                     log.warning("status.unprocessed-unknown mailbox=%s error=%s", box.id, type(exc).__name__)
@@ -114,6 +123,8 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
         "inactive": sum(1 for i in inboxes if i["status"] == INACTIVE),
         "failed": sum(i["failed"] for i in inboxes),
         "unprocessed": sum(i["unprocessed"] or 0 for i in inboxes),
+        "retrying": sum(i["retrying"] or 0 for i in inboxes),
+        "next_retry_at": min((i["next_retry_at"] for i in inboxes if i["next_retry_at"]), default=None),
     }
     warnings = d.warnings() if d.warnings is not None else []
     if d.health is not None:
@@ -122,8 +133,9 @@ async def inbox_status(d: StatusDeps, mailbox_ref: str | None = None, include_in
         shown = {b.address for b in boxes}
         warnings = [w for w in warnings if not w.get("mailbox") or w["mailbox"] in shown]
     summary["warnings"] = len(warnings)
+    # Mail waiting for a dependency is not Failed, but it is held up: not healthy either.
     summary["healthy"] = summary["expired"] == 0 and summary["failed"] == 0 and summary["unprocessed"] == 0 \
-        and not warnings
+        and summary["retrying"] == 0 and not warnings
     return {"generated_at": now.isoformat(), "summary": summary, "inboxes": inboxes, "warnings": warnings}
 
 
@@ -189,6 +201,7 @@ async def list_messages(d: StatusDeps, status: str, mailbox_ref: str | None = No
                     "status": "unprocessed", "state": m.state, "sender": m.item.sender.lower(),
                     "subject": m.item.subject, "received_at": _iso(m.item.received_at),
                     "attempts": row.attempts if row else 0, "last_error": row.last_error if row else "",
+                    "next_attempt_at": m.next_attempt_at if m.state == "retrying" else None,
                     "skip_reason": "", "updated_at": _iso(row.updated_at) if row else None,
                     "before_start_date": bool(start_of(box) and m.item.received_at < start_of(box)),
                 }

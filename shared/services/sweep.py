@@ -5,10 +5,13 @@ lifecycle handler calls `sweep_mailbox` after a `missed` or `subscriptionRemoved
 
 1. Failed rows (the mailbox's range of the `s-failed` index partition): apply the "Inbox: Failed"
    category where the poison handler could not; re-enqueue, with backoff (failures.retry_delay),
-   those younger than FAILED_RETRY_MAX_AGE_HOURS that failed for a transient reason.
+   those younger than FAILED_RETRY_MAX_AGE_HOURS that failed for a transient reason, each as one
+   try (the processor's own hours of waiting, domain/retry.py, are what made them Failed).
 2. The Inbox, oldest first, paged, from the mailbox's start date to now minus
-   SWEEP_GRACE_SECONDS: a mail with no ledger row (or an unfinished row nobody touched for
-   STALE_AFTER) is recorded as queued in the ledger, then enqueued as MessageJob(source="sweep").
+   SWEEP_GRACE_SECONDS (no grace after a `subscriptionRemoved` or `missed` lifecycle event: no
+   notification will come for that mail): a mail with no ledger row (or an unfinished row nobody
+   touched for STALE_AFTER, and not waiting for its next try after a transient failure) is recorded
+   as queued in the ledger, then enqueued as MessageJob(source="sweep").
    Mail older than the start date is never taken here: backfill is an admin's recovery.
 
 Bounded: at most `max_enqueue` jobs per run (SWEEP_MAX_PER_RUN) and at most `max_scan` Inbox items
@@ -31,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
 from ..config import QUEUE_MESSAGES
+from ..domain import retry
 from ..domain.envelope import MessageJob, new_correlation_id
 from ..domain.errors import InboxError, LeaseHeld
 from ..domain.model import FAILED, FINISHED, PROCESSING, InboxItem, LedgerEntry, Mailbox
@@ -133,9 +137,13 @@ async def sweep_all(services_or_deps: Any, now: datetime | None = None, concurre
 
 
 async def sweep_mailbox(services_or_deps: Any, mailbox: Mailbox, now: datetime | None = None, *,
-                        max_enqueue: int | None = None, source: str = "sweep") -> SweepReport:
+                        max_enqueue: int | None = None, source: str = "sweep",
+                        grace_seconds: int | None = None) -> SweepReport:
     """One sweep of one mailbox (see the module docstring). Never raises for Graph, Storage or
-    queue trouble: the report's `error` says what stopped it, and the next run goes on."""
+    queue trouble: the report's `error` says what stopped it, and the next run goes on.
+
+    `grace_seconds` overrides SWEEP_GRACE_SECONDS: the lifecycle handler passes 0 after
+    `subscriptionRemoved` and `missed`, when no notification will come for the young mail either."""
     d = deps_from(services_or_deps)
     now = now or d.clock.now()
     report = SweepReport(mailbox_id=mailbox.id, started_at=now)
@@ -147,7 +155,8 @@ async def sweep_mailbox(services_or_deps: Any, mailbox: Mailbox, now: datetime |
     try:
         state = await d.state.get(mailbox.id) if d.state is not None else None
         await _failed_rows(d, mailbox, now, report, budget, source)
-        await _inbox(d, mailbox, now, report, budget, source, state.cursor if state else None)
+        await _inbox(d, mailbox, now, report, budget, source, state.cursor if state else None,
+                     d.grace_seconds if grace_seconds is None else grace_seconds)
     except InboxError as exc:
         report.error = f"{type(exc).__name__}: {str(exc)[:300]}"
         report.cursor = state.cursor if state else None  # keep the place
@@ -198,8 +207,10 @@ async def _failed_rows(d: SweepDeps, mailbox: Mailbox, now: datetime, report: Sw
             retries = int(entry.data.get("retries") or 0) + 1
             entry.data["retries"] = retries
             entry.data["retry_at"] = (now + retry_delay(retries)).isoformat()
+            # One try (and the queue's own retries), not the processor's hours of waiting again: that
+            # schedule is what made it Failed, and this sweep's backoff spaces the tries from here on.
             job = MessageJob(mailbox_id=mailbox.id, message_id=entry.message_id, tenant_id=mailbox.tenant_id,
-                             source=source)
+                             source=source, attempt=retry.ATTEMPTS)
             entry.trace.append({"at": now.isoformat(), "event": "retry-queued", "source": source,
                                 "retry": retries, "correlation_id": job.correlation_id})
         try:
@@ -213,17 +224,20 @@ async def _failed_rows(d: SweepDeps, mailbox: Mailbox, now: datetime, report: Sw
 
 
 async def _inbox(d: SweepDeps, mailbox: Mailbox, now: datetime, report: SweepReport, budget: list[int],
-                 source: str, cursor: datetime | None) -> None:
+                 source: str, cursor: datetime | None, grace_seconds: int) -> None:
     start = start_of(mailbox)
     if start is None:
         report.note = "no start date: only a recovery processes this mailbox's mail"
         return
     after = max(start, cursor) if cursor else start
-    before = now - timedelta(seconds=d.grace_seconds)
+    before = now - timedelta(seconds=grace_seconds)
     if before <= after:
         return
     scanned = 0
-    async for chunk in _chunks(d.mail.list_folder(mailbox, "inbox", received_after=after, received_before=before,
+    # No grace: everything up to the list itself (Graph's filter has whole seconds; this second's
+    # mail must not wait for the next timer sweep either).
+    async for chunk in _chunks(d.mail.list_folder(mailbox, "inbox", received_after=after,
+                                                  received_before=before if grace_seconds > 0 else None,
                                                   page_size=d.page_size), d.page_size):
         report.listed += len(chunk)
         scanned += len(chunk)
@@ -260,6 +274,9 @@ def _verdict(row: LedgerEntry | None, now: datetime) -> str:
         return "in-flight"
     if row.updated_at and now - row.updated_at < STALE_AFTER:
         return "in-flight"  # queued, or waiting for the queue's next delivery
+    due = _when(row.data.get(retry.NEXT_ATTEMPT))
+    if due and now < due + STALE_AFTER:
+        return "in-flight"  # waiting for a dependency: its re-enqueued job comes back then (domain/retry.py)
     return "stale"
 
 
@@ -311,11 +328,17 @@ class Unprocessed:
 
     @property
     def state(self) -> str:
+        """new | processing | retrying (failed transiently, its next try is queued) | queued."""
         if self.row is None:
             return "new"
         if self.row.lease_owner:
             return "processing"
-        return "retrying" if self.row.last_error else "queued"
+        return "retrying" if self.row.last_error or self.row.data.get(retry.NEXT_ATTEMPT) else "queued"
+
+    @property
+    def next_attempt_at(self) -> str | None:
+        """When a retrying mail's next try is due (ISO time), when known."""
+        return (self.row.data.get(retry.NEXT_ATTEMPT) or None) if self.row is not None else None
 
 
 @dataclass

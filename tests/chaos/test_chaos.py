@@ -17,10 +17,17 @@ every delivered mail: exactly one history note in the CRM, on its conversation's
 conversation, none shared), at most one autoreply per ticket, one person per sender, and the mail
 gone from its Inbox or Failed with a reason (and the category). The totals are printed (`-s`) and
 written to artifacts/chaos-totals.json.
+
+Scale: CI runs about 85 mails. `CHAOS_MAILS=2000` (or `python -m tests.chaos --mails 2000`, by hand,
+a benchmark-style run of some 20 minutes) scales every phase's mail count to about that many, with
+the same faults: the kill plans (one per pipeline step, whatever the steps are) among the first
+phase's mails, the outages, the restart, the removed subscription and the `missed` event. Its
+totals go to artifacts/chaos-totals-<mails>.json.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -33,6 +40,21 @@ from tests.fixtures.mail import mime as m
 from tests.support.stack import ROOT
 
 SEED = 8
+# New conversations per phase in CI's run; CHAOS_MAILS scales them all (replies and moved kill plans
+# come on top: CI's run delivers about 85 mails).
+BASE = {"notify": 36, "crosspost": 3, "crm-outage": 8, "traml-outage": 6, "restart": 8, "unsubscribed": 5,
+        "missed": 5, "reply": 10}
+MAILS = int(os.environ.get("CHAOS_MAILS") or 0)
+FACTOR = max(1.0, MAILS / sum(BASE.values())) if MAILS else 1.0
+
+
+def count(phase: str) -> int:
+    return max(BASE[phase], round(BASE[phase] * FACTOR))
+
+
+def wait(seconds: float) -> float:
+    """A timeout of CI's run, for this run's size (a backlog of 2,000 mails drains for minutes)."""
+    return seconds * FACTOR
 SUPPORT, SALES, BILLING = "support@contoso.example", "sales@contoso.example", "billing@contoso.example"
 BOXES = [SUPPORT, SALES, BILLING]
 FINISHED = ("processed", "skipped", "failed")
@@ -58,7 +80,8 @@ class Mails:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.originals: dict[str, tuple[str, str, str, str]] = {}  # conversation -> (box, sender, subject, id)
-        self.senders = [f"Customer {i} <customer{i}@firm{i % 5}.example>" for i in range(24)]
+        # as many conversations per sender at any scale (the per-recipient autoreply limit is 10)
+        self.senders = [f"Customer {i} <customer{i}@firm{i % 5}.example>" for i in range(round(24 * FACTOR))]
         self.count = 0
 
     def new(self, box: str, phase: str, fresh_sender: bool = False) -> tuple[str, bytes]:
@@ -93,17 +116,17 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     graph.notification_jitter_ms = 600  # delayed and reordered
     graph.duplicate_notifications = 0.25
     graph.drop_notifications = 0.1
-    graph_rules = [graph.faults.add(429, path_regex=r"/messages/", count=8, retry_after=1),
-                   graph.faults.add(503, path_regex=r"/messages/", count=6),
-                   graph.faults.add(500, path_regex=r"/messages/", count=6),
-                   graph.faults.add(None, path_regex=r"/messages/", count=5, drop_connection=True)]
+    graph_rules = [graph.faults.add(429, path_regex=r"/messages/", count=round(8 * FACTOR), retry_after=1),
+                   graph.faults.add(503, path_regex=r"/messages/", count=round(6 * FACTOR)),
+                   graph.faults.add(500, path_regex=r"/messages/", count=round(6 * FACTOR)),
+                   graph.faults.add(None, path_regex=r"/messages/", count=round(5 * FACTOR), drop_connection=True)]
     # 36 mails, delivered silently so that every kill plan is in place before anyone is told; the
     # victims write to us for the first time, so their pipelines have every step (a person to create)
     plans = [(world.process_kills, k) for k in PROCESS_KILL_STEPS] + \
             [(world.autoreply_kills, k) for k in AUTOREPLY_KILL_STEPS]
-    victim_of = dict(zip(rng.sample(range(36), len(plans)), plans))
+    victim_of = dict(zip(rng.sample(range(count("notify")), len(plans)), plans))
     first = []
-    for i in range(36):
+    for i in range(count("notify")):
         conv, raw = mails.new(BOXES[i % 3], "notify", fresh_sender=i in victim_of)
         first.append((conv, world.deliver(BOXES[i % 3], raw, conv, "notify", notify=False)))
         if i in victim_of:
@@ -111,7 +134,7 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
             switch.plans[first[-1][1].message_id] = k
     for _, d in first:
         world.notify(d)
-    for i in range(3):  # one mail to two monitored mailboxes: one ticket, both copies actioned
+    for i in range(count("crosspost")):  # one mail to two monitored mailboxes: one ticket, both copies actioned
         conv, raw = mails.new(SUPPORT, "crosspost")
         world.deliver(SUPPORT, raw, conv, "crosspost")
         world.deliver(SALES, raw, conv, "crosspost")
@@ -119,17 +142,17 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
 
     # 2. five minutes of CRM outage, then five of TRAML outage ---------------------------------------
     lime_down = lime.faults.add(503, count=-1)
-    for i in range(8):
+    for i in range(count("crm-outage")):
         conv, raw = mails.new(BOXES[i % 3], "crm-outage")
         world.deliver(BOXES[i % 3], raw, conv, "crm-outage")
     for _ in range(10):
         time.sleep(0.4)
         graph.advance_clock(30)
-    _wait_for(lambda: lime_down.fired >= 3)  # a slow machine has not reached Lime yet: the outage lasts
+    _wait_for(lambda: lime_down.fired >= 3, wait(30))  # a slow machine has not reached Lime yet: the outage lasts
     lime.faults.remove(lime_down.id)
     faults["CRM 503 (outage)"] = lime_down.fired
     traml_down = traml.faults.add(503, path_regex="sendtemplate", count=-1)
-    for i in range(6):
+    for i in range(count("traml-outage")):
         conv, raw = mails.new(BOXES[i % 3], "traml-outage")
         world.deliver(BOXES[i % 3], raw, conv, "traml-outage")
     for _ in range(10):  # until the outage has refused some autoreplies, at most 5 minutes of the app's clock
@@ -137,12 +160,12 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
         graph.advance_clock(30)
         if traml_down.fired >= 3:
             break
-    _wait_for(lambda: traml_down.fired >= 1)
+    _wait_for(lambda: traml_down.fired >= 1, wait(30))
     traml.faults.remove(traml_down.id)
     faults["TRAML 503 (outage)"] = traml_down.fired
 
     # 3. Azurite restarted while mail is in flight ---------------------------------------------------
-    for i in range(8):
+    for i in range(count("restart")):
         conv, raw = mails.new(BOXES[i % 3], "restart")
         world.deliver(BOXES[i % 3], raw, conv, "restart")
     time.sleep(0.3)
@@ -152,10 +175,10 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     # 4. a subscription removed: mail arrives before it is recreated -------------------------------
     graph.fire_lifecycle(world.subscription_of(SUPPORT), "subscriptionRemoved")
     faults["subscription removed"] += 1
-    for _ in range(5):
+    for _ in range(count("unsubscribed")):
         conv, raw = mails.new(SUPPORT, "unsubscribed")
         world.deliver(SUPPORT, raw, conv, "unsubscribed").notified = False  # no subscription: nobody is told
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait(30)
     while time.monotonic() < deadline:
         try:
             world.subscription_of(SUPPORT)
@@ -165,7 +188,7 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
 
     # 5. notifications lost, then Graph says so (`missed`) -------------------------------------------
     graph.drop_notifications = True
-    for _ in range(5):
+    for _ in range(count("missed")):
         conv, raw = mails.new(SALES, "missed")
         world.deliver(SALES, raw, conv, "missed").notified = False
     graph.drop_notifications = 0.1
@@ -174,9 +197,9 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     faults["missed lifecycle event"] += 1
 
     # 6. replies to earlier conversations, still under notification chaos ----------------------------
-    for conv, d in rng.sample(first, 10):
+    for conv, d in rng.sample(first, min(len(first), count("reply"))):
         world.deliver(d.address, mails.reply(conv), conv, "reply")
-    world.wait_settled(20)
+    world.wait_settled(wait(20))
 
     # the faults stop; the clock passes every lease, grace and retry schedule; the sweep runs ---------
     for rule in graph_rules:
@@ -196,9 +219,9 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
     for _ in range(3):
         graph.advance_clock(16 * 60)
         world.sweep()
-        if world.wait_settled(45) and not _failed_transiently(world):
+        if world.wait_settled(wait(45)) and not _failed_transiently(world):
             break
-    _wait_quiet(world)
+    _wait_quiet(world, timeout=wait(40))
 
     # the verdict ------------------------------------------------------------------------------------
     rows = world.rows()
@@ -244,9 +267,11 @@ def test_nothing_lost_nothing_doubled_under_faults(world: World):
         + sum(1 for n in sent.values() if n > 1) + len(shared) + max(0, len(helpdesks) - len(tickets_of)),
         "seconds": round(time.monotonic() - started, 1),
     }
+    totals["re-enqueued after transient failures (delayed puts)"] = world.time_lapse.delayed
     print("\nchaos totals: " + json.dumps(totals, indent=1))
     if (ROOT / "artifacts").is_dir():
-        (ROOT / "artifacts" / "chaos-totals.json").write_text(json.dumps(totals, indent=1))
+        name = f"chaos-totals-{MAILS}.json" if MAILS else "chaos-totals.json"
+        (ROOT / "artifacts" / name).write_text(json.dumps(totals, indent=1))
 
     assert not lost, f"{len(lost)} lost, e.g. {lost[:3]}"
     assert not doubled, f"{len(doubled)} with more than one history note, e.g. {doubled[:3]}"
@@ -273,8 +298,8 @@ def _kill_at_every_step(world: World, mails: Mails, rounds: int = 5) -> Counter:
     to a fresh mail. Returns how many plans moved, by why."""
     moved: Counter = Counter()
     for _ in range(rounds):
-        _wait_for(lambda: not _kills_pending(world))
-        _wait_quiet(world, seconds=2.0, timeout=20.0)  # the autoreplies of finished mail
+        _wait_for(lambda: not _kills_pending(world), wait(30), interval=0.2 if FACTOR == 1 else 2.0)
+        _wait_quiet(world, seconds=2.0, timeout=wait(20))  # the autoreplies of finished mail
         stale = [(switch, dict(switch.plans)) for switch in (world.process_kills, world.autoreply_kills)]
         if not any(plans for _, plans in stale):
             break
@@ -298,16 +323,15 @@ def _kill_at_every_step(world: World, mails: Mails, rounds: int = 5) -> Counter:
 def _kills_pending(world: World) -> bool:
     """A planned mail that was notified and is not finished yet."""
     planned = set(world.process_kills.plans) | set(world.autoreply_kills.plans)
-    rows = world.rows()
-    return any(d.message_id in planned and d.notified
-               and ((r := rows[(d.address, d.message_id)]) is None or r.status not in FINISHED)
-               for d in world.delivered)
+    watched = [d for d in world.delivered if d.message_id in planned and d.notified]
+    rows = world.rows(watched)
+    return any((r := rows[(d.address, d.message_id)]) is None or r.status not in FINISHED for d in watched)
 
 
-def _wait_for(condition, timeout: float = 30.0) -> None:
+def _wait_for(condition, timeout: float = 30.0, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def _reordered(records) -> int:

@@ -7,6 +7,8 @@ with forged, retired, missing or foreign clientStates, odd change types and reso
 2. The real HTTP function through the dev host and Azurite, fewer examples: 202, 400, 413 or the
    validation echo, never a 5xx; the queue holds exactly the jobs of the validly signed `created`
    notifications (none for anything invalid).
+3. Bodies nested past the JSON parser's recursion limit, to both routes: 400, never the 503 (and
+   its storage alarm) that tells Graph to deliver again.
 Seeded (derandomized) and bounded, so the suite stays deterministic and fast.
 """
 from __future__ import annotations
@@ -145,7 +147,7 @@ def webhook():
                  "RENEW_SCHEDULE": "0 */30 * * * *", "SWEEP_SCHEDULE": "0 */10 * * * *",
                  "PURGE_SCHEDULE": "0 30 3 * * *"}
     bootstrap.reset()
-    host = DevHost(ROOT, settings=settings_, only=["graph_notifications"])
+    host = DevHost(ROOT, settings=settings_, only=["graph_notifications", "graph_lifecycle"])
     try:
         host.start()
         with QueueClient.from_connection_string(azurite.connection_string, QUEUE_MESSAGES) as queue, \
@@ -192,3 +194,20 @@ def test_the_http_function_answers_without_5xx_and_enqueues_only_valid_notificat
         assert got == expected_jobs(items)
     else:
         assert got == set()  # arbitrary bytes or JSON carry no valid clientState
+
+
+@pytest.mark.parametrize("route", ["notifications", "lifecycle"])
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_a_deeply_nested_body_is_malformed_not_a_storage_failure(webhook, caplog, route, depth):
+    """The outside review's body: `{"value":[` and then `[` a thousand (or 100,000) times. It made
+    json.loads raise RecursionError, which the route took for an enqueue failure: 503 and
+    `graph.webhook.enqueue-failed error=RecursionError`."""
+    client, queue = webhook
+    for raw in (b'{"value":[' + b"[" * depth, b'{"value":[' + b"[" * depth + b"]" * depth + b"]}"):
+        with caplog.at_level("WARNING"):
+            resp = client.post(f"/api/{route}", content=raw, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400, (resp.status_code, resp.text)
+        assert drain(queue) == []
+        assert not [r for r in caplog.records if "enqueue-failed" in r.getMessage() or r.levelname == "ERROR"]
+        assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+        caplog.clear()

@@ -15,6 +15,7 @@ import pytest
 
 from shared.domain import envelope
 from shared.domain.envelope import MessageJob
+from shared.domain.retry import NEXT_ATTEMPT
 from tests.support.console import (PHONE, TEMPLATE, ConsoleWorld, browser, click_and_wait,
                                    no_horizontal_overflow, require_chromium, shot, wait_for,
                                    watched_page)
@@ -49,8 +50,16 @@ def world():
         w.failed = w.graph.deliver(SUPPORT, make_mime(subject=XSS), notify=False, received_at=ten_minutes_ago)
         s.host.invoke("message_failed", envelope.encode(MessageJob(mailbox_id=w.support["id"], message_id=w.failed,
                                                                    tenant_id=TENANT)))
-        w.graph.deliver_many(SUPPORT, [make_mime(sender=f"waiting{i}@customer.example", subject=f"Waiting {i}")
-                                       for i in range(3)], notify=False, received_at=ten_minutes_ago)
+        waiting = w.graph.deliver_many(SUPPORT, [make_mime(sender=f"waiting{i}@customer.example", subject=f"Waiting {i}")
+                                                 for i in range(3)], notify=False, received_at=ten_minutes_ago)
+        # "Waiting 0" waits for a dependency: it was tried, the CRM was down, its next try is queued
+        ledger = s.services().ledger
+        row = s.run(ledger.claim(w.support["id"], waiting[0], "a-worker", 120, "c-retrying", "webhook"))
+        row.lease_owner, row.lease_until = "", None
+        row.last_error = "Unavailable: Lime CRM answered 503"
+        row.data[NEXT_ATTEMPT] = (datetime.now(timezone.utc) + timedelta(minutes=20)).isoformat()
+        s.run(ledger.save(row))
+        w.retrying = waiting[0]
         w.graph.deliver_many(BULK, [make_mime(subject=f"Bulk {i:02d}") for i in range(30)], notify=False,
                              received_at=ten_minutes_ago)
         yield w
@@ -117,6 +126,15 @@ def test_overview_shows_health_counts_and_warnings_with_what_to_do(world, page):
     assert page.inner_text("#card-inboxes .value") == str(summary["inboxes"]) == "2"
     assert page.inner_text("#card-failed .value") == str(summary["failed"])
     assert page.inner_text("#card-unprocessed .value") == str(summary["unprocessed"])
+    # mail waiting for a dependency: counted apart, amber, with its next try (until a recovery takes it)
+    waiting = api(world, f"messages/{quote(world.retrying, safe='')}")["status"] == "processing"
+    assert summary["retrying"] == (1 if waiting else 0)
+    assert page.inner_text("#card-retrying .value") == str(summary["retrying"])
+    if waiting:
+        assert "warn" in page.get_attribute("#card-retrying", "class").split()
+        next_try = page.locator("#card-retrying .small time")
+        assert page.inner_text("#card-retrying .small") == "waiting for a dependency; next try " + next_try.inner_text()
+        assert next_try.get_attribute("datetime") == summary["next_retry_at"]
     assert page.inner_text("#healthy") == "Needs attention" and page.inner_text("#health") == "Needs attention"
     warnings = texts(page, "#warnings li")
     assert any(w.startswith("Graph client demo: the client secret expires in 10 day(s)") for w in warnings), warnings
@@ -218,6 +236,12 @@ def test_mail_lists_show_mail_as_text_filter_and_page(world, page):
 def test_recovery_from_the_mail_screen_then_the_step_view(world, page):
     world.open(page, "/mail?status=unprocessed&mailbox=" + world.support["id"])
     assert sorted(r[3] for r in cells(page, "#mail-table tbody tr")) == ["Waiting 0", "Waiting 1", "Waiting 2"]
+    [waiting] = [r for r in cells(page, "#mail-table tbody tr") if r[3] == "Waiting 0"]
+    assert waiting[-1].startswith("retrying, next try ") and "Lime CRM answered 503" in waiting[-1], waiting
+    listed = api(world, "messages", status="unprocessed", mailbox=world.support["id"])["messages"]
+    [due] = [m["next_attempt_at"] for m in listed if m["message_id"] == world.retrying]
+    assert page.locator(f"#mail-table time[datetime='{due}']").count() == 1  # the next try, as a time
+    shot(page, "mail-retrying")
     yesterday = (datetime.now() - timedelta(days=1)).date().isoformat()
     page.select_option("#recover-mailbox", world.support["id"])
     page.select_option("#recover-status", "unprocessed")

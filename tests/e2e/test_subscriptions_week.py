@@ -134,6 +134,25 @@ def test_mailbox_crud_and_bad_input(stack):
     assert http.delete(f"/api/manage/mailboxes/{mid}").status_code == 404
 
 
+def test_a_graph_answer_retrying_cannot_change_is_shown_as_what_it_is(stack):
+    """Graph answering 501 (and the like) was shown as "Graph or storage is unavailable, try again"."""
+    address = "not-implemented@contoso.example"
+    stack.graph.add_mailbox(address, tenant_id=TENANT)
+    rule = stack.graph.faults.add(501, path_regex=r"/mailFolders/inbox", count=-1)
+    try:
+        resp = stack.http.post("/api/manage/mailboxes", json={"address": address, "client": "demo"})
+        assert resp.status_code == 502, resp.text
+        error = resp.json()["error"]
+        assert "501 (Not Implemented)" in error and "retrying cannot change" in error and "try again" not in error
+        report = stack.http.post("/api/manage/clients/demo/validate", params={"mailbox": BY_ID}).json()
+        [check] = [c for c in report["checks"] if c["check"] == "mailbox"]
+        assert check["ok"] is False and check["reason"] == "graph_refused" and "501" in check["detail"], check
+        assert rule.fired == 2  # once each: never retried
+    finally:
+        stack.graph.faults.remove(rule.id)
+    assert stack.http.get(f"/api/manage/mailboxes/{address}").status_code == 404  # nothing saved
+
+
 def test_clients_validate_sync_and_synclog(stack):
     http = stack.http
     clients = http.get("/api/manage/clients").json()["clients"]
@@ -174,6 +193,29 @@ def test_subscription_removed_recreates_it_and_sweeps_the_mailbox(stack):
     assert len(new) == 1 and len(live_subs(stack, BY_ADDRESS)) == 1
     stack.wait_until(lambda: finished(stack, BY_ADDRESS, mid), what="swept and processed")
     assert row(stack, BY_ADDRESS, mid).source == "sweep"
+
+
+def test_mail_that_arrived_while_no_subscription_existed_is_taken_at_once_however_young(stack):
+    """After subscriptionRemoved no notification will ever come for the mail that arrived meanwhile:
+    the repair's sweep takes it now, however young (it used to skip mail younger than the grace
+    period, which then waited for the next timer sweep, up to 15 minutes). The timer is not run."""
+    old = the_sub(stack, BY_ID)
+    mid = stack.graph.deliver(BY_ID, make_mime(to=BY_ID, subject="Arrived while unsubscribed"), notify=False)
+    stack.graph.fire_lifecycle(old["id"], "subscriptionRemoved")  # removes it in the simulator too
+    stack.wait_until(lambda: [s for s in live_subs(stack, BY_ID) if s["id"] != old["id"]], what="recreated")
+    stack.wait_until(lambda: finished(stack, BY_ID, mid), what="swept at once and processed")
+    assert row(stack, BY_ID, mid).status == "processed" and row(stack, BY_ID, mid).source == "sweep"
+
+
+def test_young_mail_whose_notification_was_missed_is_taken_at_once(stack):
+    stack.graph.drop_notifications = True
+    try:
+        mid = stack.graph.deliver(BY_ID, make_mime(to=BY_ID, subject="Missed and young"))
+    finally:
+        stack.graph.drop_notifications = False
+    stack.graph.fire_lifecycle(the_sub(stack, BY_ID)["id"], "missed")
+    stack.wait_until(lambda: finished(stack, BY_ID, mid), what="swept at once and processed")
+    assert row(stack, BY_ID, mid).source == "sweep"
 
 
 def test_missed_sweeps_the_mailbox(stack):

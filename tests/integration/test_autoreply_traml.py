@@ -21,8 +21,8 @@ from shared.adapters.ledger_table import TableLedger
 from shared.adapters.storage_clients import StorageAccount
 from shared.adapters.traml import TramlClient
 from shared.config import QUEUE_AUTOREPLIES
-from shared.domain import envelope
-from shared.domain.envelope import AutoreplyJob, MessageJob
+from shared.domain import envelope, retry
+from shared.domain.envelope import AutoreplyJob, MessageJob, with_attempt
 from shared.domain.errors import TransientError
 from shared.domain.mail import Address, InboundMail
 from shared.domain.model import PROCESSED, AutoreplySettings, Mailbox
@@ -176,10 +176,15 @@ async def test_traml_503_twice_then_200_sends_once(world):
 async def test_traml_down_through_the_retries_ends_failed_and_can_be_resent(world):
     job = await world.new_ticket()
     world.sim.faults.add(503, method="POST", path_regex="sendtemplate", count=-1)
-    for _ in range(3):  # the queue's redeliveries
-        with pytest.raises(TransientError):
-            await world.service.send(job)
+    for attempt in range(1, 4):  # each 503: the job waits in the queue with a growing delay
+        assert (await world.service.send(job)).status == "requeued"
         assert (await world.store.get(job.ticket_id)).status == "retrying"
+        [job] = world.jobs()
+        assert job.attempt == attempt
+        world.service.d.clock.advance(retry.CAP_SECONDS)
+    job = with_attempt(job, retry.ATTEMPTS)  # ... until the schedule is spent (hours later): the queue's turn
+    with pytest.raises(TransientError):
+        await world.service.send(job)
     outcome = await world.service.record_poisoned(job, 5)  # autoreply_failed
     assert outcome.status == "failed" and "503" in outcome.reason
     [row] = await world.service.list_autoreplies("failed")

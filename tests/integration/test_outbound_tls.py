@@ -23,6 +23,7 @@ from shared.adapters.crm_lime import LimeCrm
 from shared.adapters.graph import GraphAdapter, GraphClients
 from shared.adapters.traml import TramlClient
 from shared.config import ConfigError, Settings
+from shared.domain import envelope
 from shared.domain.envelope import MessageJob
 from shared.domain.mail import Address, InboundMail
 from shared.domain.model import PROCESSED, Mailbox
@@ -125,16 +126,23 @@ async def test_a_mail_meanwhile_records_the_certificate_error_and_goes_through_o
     url = f"{onprem_lime.https_url}/{onprem_lime.database}"
     job = MessageJob(mailbox_id=box.id, message_id="m1")
 
+    queue = FakeQueue()
+
     def processor(crm):
         return MessageProcessor(ProcessDeps(registry=FakeRegistry(box), ledger=ledger, mail=mail_store, crm=crm,
-                                            queue=FakeQueue(), clock=clock))
+                                            queue=queue, clock=clock))
     untrusted = LimeCrm(url, onprem_lime.api_key, sleep=NoSleep())
-    with pytest.raises(tls.CertificateUntrusted):
-        await processor(untrusted).run(job)  # transient: the queue retries, then Failed, then the sweep
+    # transient: the mail waits (re-enqueued with growing delays for hours) while the setting is fixed
+    assert (await processor(untrusted).run(job)).status == "requeued"
     await untrusted.close()
     row = ledger.rows[(box.id, "m1")]
     assert "CertificateUntrusted: Lime CRM at https://127.0.0.1" in row.last_error
     assert "OUTBOUND_CA_BUNDLE" in row.last_error and mail_store.deleted == []
+    [(_, text, delay)] = queue.sent
+    job = envelope.decode(text, MessageJob)
+    assert job.attempt == 1
+    queue.sent.clear()
+    clock.advance(delay)  # its next try, once OUTBOUND_CA_BUNDLE names the CA
 
     trusted = LimeCrm(url, onprem_lime.api_key, ca_bundle=self_signed[0], sleep=NoSleep())
     outcome = await processor(trusted).run(job)

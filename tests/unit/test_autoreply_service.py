@@ -19,7 +19,7 @@ import pytest
 from shared.adapters.autoreply_state import admit
 from shared.adapters.traml import TramlClient, wire_body
 from shared.config import QUEUE_AUTOREPLIES, ConfigError, Settings
-from shared.domain import envelope
+from shared.domain import envelope, retry
 from shared.domain.envelope import AutoreplyJob, MessageJob
 from shared.domain.errors import PermanentError, TransientError
 from shared.domain.mail import Address, InboundMail
@@ -259,19 +259,48 @@ async def test_a_job_that_waited_far_past_a_day_is_dropped():
 
 
 # ---- at most once ----------------------------------------------------------------------------------
+def requeued(w: World) -> tuple[AutoreplyJob, int]:
+    """The job the service put back in the queue, and its visibility delay (the queue is emptied)."""
+    [(queue, text, delay)] = w.queue.sent
+    w.queue.sent.clear()
+    assert queue == QUEUE_AUTOREPLIES
+    return envelope.decode(text, AutoreplyJob), delay
+
+
 async def test_traml_503_twice_then_200_sends_once():
     w = World()
     job = await new_ticket(w)
     w.traml.faults = [TransientError("TRAML 503", retry_after=1), TransientError("TRAML 503", retry_after=1)]
-    for _ in range(2):  # the queue redelivers after each raise
-        with pytest.raises(TransientError):
-            await w.service.send(job)
+    delays = []
+    for attempt in (1, 2):  # each 503: the job waits in the queue for the schedule's next delay
+        assert (await w.service.send(job)).status == "requeued"
         assert w.store.rows[job.ticket_id].status == "retrying"
         assert "503" in w.store.rows[job.ticket_id].last_error
+        job, delay = requeued(w)
+        assert job.attempt == attempt and job.not_before
+        delays.append(delay)
+        assert (await w.service.send(job)).status == "requeued" and w.traml.calls == attempt  # too early
+        requeued(w)
+        w.clock.advance(delay)
+    assert 8 <= delays[0] <= 12 and 16 <= delays[1] <= 24  # 10 s, then 20 s (+-20%)
     assert (await w.service.send(job)).status == SENT
     assert len(w.traml.sent) == 1 and w.traml.calls == 3
     assert w.store.rows[job.ticket_id].attempts == 3
     assert (await w.service.send(job)).status == "already-sent" and w.traml.calls == 3
+
+
+async def test_traml_down_past_the_schedule_raises_for_the_queue_then_poison():
+    w = World()
+    job = await new_ticket(w)
+    w.traml.faults = [TransientError("TRAML 503")] * (retry.ATTEMPTS + 1)
+    for _ in range(retry.ATTEMPTS):
+        assert (await w.service.send(job)).status == "requeued"
+        job, delay = requeued(w)
+        w.clock.advance(delay)
+    assert w.clock.now() - w.store.rows[job.ticket_id].created_at >= 0.8 * retry.BUDGET
+    with pytest.raises(TransientError):
+        await w.service.send(job)
+    assert w.store.rows[job.ticket_id].status == "retrying" and w.traml.sent == []
 
 
 async def test_long_retry_after_requeues_the_job_instead_of_waiting():
@@ -281,7 +310,7 @@ async def test_long_retry_after_requeues_the_job_instead_of_waiting():
     outcome = await w.service.send(job)
     assert outcome.status == "requeued"
     [(queue, text, delay)] = w.queue.sent
-    assert queue == QUEUE_AUTOREPLIES and delay == 61 and envelope.decode(text, AutoreplyJob).attempt == 1
+    assert queue == QUEUE_AUTOREPLIES and delay == 60 and envelope.decode(text, AutoreplyJob).attempt == 1
 
 
 def _crash_on(status: str):
@@ -363,9 +392,10 @@ async def test_crash_after_sent_before_the_history_note_writes_only_the_note():
     w = World()
     job = await new_ticket(w)
     w.crm.fail("add_history", TransientError("CRM 503"))
-    with pytest.raises(TransientError):
-        await w.service.send(job)
+    assert (await w.service.send(job)).status == "requeued"  # the CRM is down: wait for it
     assert w.store.rows[job.ticket_id].status == SENT and not w.store.rows[job.ticket_id].history_id
+    job, delay = requeued(w)
+    w.clock.advance(delay)
     assert (await w.service.send(job)).status == "already-sent"
     assert len(w.traml.sent) == 1 and w.store.rows[job.ticket_id].history_id
     detail = await w.crm.ticket_detail("1001")
@@ -454,8 +484,7 @@ async def test_poison_records_failed_with_the_last_error_and_claimed_as_uncertai
     w = World()
     job = await new_ticket(w)
     w.traml.faults = [TransientError("TRAML 502 Bad Gateway")]
-    with pytest.raises(TransientError):
-        await w.service.send(job)
+    assert (await w.service.send(job)).status == "requeued"
     outcome = await w.service.record_poisoned(job, 5)
     assert outcome.status == FAILED and "502" in outcome.reason
     assert w.store.rows[job.ticket_id].status == FAILED

@@ -23,7 +23,8 @@ def test_envelope_round_trip_and_version():
 
 @pytest.mark.parametrize("raw", ["nope", "[]", '{"v": 99, "kind": "message"}', '{"v": 1, "kind": "message"}',
                                  '{"v": 1, "kind": "autoreply", "mailbox_id": "m", "message_id": "x", '
-                                 '"ticket_id": "1", "ticket_number": "2"}'])
+                                 '"ticket_id": "1", "ticket_number": "2"}',
+                                 '{"v": 1, "kind": ' + "[" * 100_000])  # past the parser's recursion limit
 def test_envelope_rejects_what_it_cannot_read(raw):
     with pytest.raises(MalformedEnvelope):
         envelope.decode(raw, MessageJob)

@@ -50,6 +50,24 @@ def test_malformed_bodies_are_refused_whole(raw):
         parse_change_notifications(raw)
 
 
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize("parse", [parse_change_notifications, parse_lifecycle_notifications])
+def test_a_body_nested_past_the_parsers_limit_is_malformed(parse, depth):
+    """The outside review's body: json.loads raised RecursionError, which escaped as a crash."""
+    for raw in (b'{"value":[' + b"[" * depth, b'{"value":[' + b"[" * depth + b"]" * depth + b"]}",
+                b'{"value":[{"resourceData":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}]}"):
+        with pytest.raises(MalformedNotification, match="nested too deeply"):
+            parse(raw)
+
+
+def test_plausible_client_states_have_our_shape_and_a_key_version_we_hold():
+    assert SIGNER.plausible(SIGNER.sign(TENANT, USER))
+    assert SIGNER.plausible("v1." + "A" * 43)  # the shape only: verify() checks the HMAC
+    assert not SIGNER.plausible("v2." + "A" * 43)  # no key 2 here
+    for bad in (None, "", "v1.short", "x1." + "A" * 43, "v1." + "A" * 44):
+        assert not SIGNER.plausible(bad)
+
+
 def test_client_state_verifies_per_tenant_and_mailbox_in_constant_time_api():
     good = SIGNER.sign(TENANT, USER)
     assert good.startswith("v1.") and len(good) <= 128

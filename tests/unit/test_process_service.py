@@ -6,16 +6,17 @@ redelivers, and the end state must still be one ticket, one history note, the ma
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from shared.config import QUEUE_AUTOREPLIES, QUEUE_MESSAGES
+from shared.domain import envelope, retry
 from shared.domain.envelope import MessageJob
 from shared.domain.errors import TransientError
 from shared.domain.mail import Address, InboundMail
 from shared.domain.model import FAILED, PROCESSED, SKIPPED, AutoreplySettings, Mailbox
-from shared.services.process import LEASE_SECONDS, MessageProcessor, ProcessDeps
+from shared.services.process import LEASE_SECONDS, NEXT_ATTEMPT, MessageProcessor, ProcessDeps
 from tests.fakes import FakeClock, FakeLedger, FakeMail, FakeQueue, FakeRegistry
 from tests.fakes_crm import InMemoryCrm
 
@@ -118,14 +119,60 @@ async def test_live_lease_of_another_worker_requeues_with_delay():
     assert q == QUEUE_MESSAGES and delay > 5 and crm.created["ticket"] == 0
 
 
-async def test_transient_graph_error_releases_lease_and_raises_for_queue_retry():
+async def test_transient_graph_error_releases_lease_and_requeues_the_job_for_the_next_try():
     proc, clock, box, store, crm, ledger, queue, _ = make()
     store.faults["get"] = [TransientError("Graph 503", retry_after=1)]
-    with pytest.raises(TransientError):
-        await proc.run(JOB)
+    outcome = await proc.run(JOB)
+    assert outcome.status == "requeued"  # not raised: the queue's dequeue budget is not spent on a wait
+    [(q, text, delay)] = queue.sent
+    job = envelope.decode(text, MessageJob)
+    assert q == QUEUE_MESSAGES and job.attempt == 1 and 8 <= delay <= 12  # the schedule's first: 10 s +-20%
+    assert 0 <= delay - (datetime.fromisoformat(job.not_before) - clock.now()).total_seconds() < 1  # app clock
     row = ledger.rows[("user-1", "msg-1")]
-    assert row.lease_owner == "" and "503" in row.last_error
-    assert (await proc.run(JOB)).status == PROCESSED
+    assert row.lease_owner == "" and "503" in row.last_error and row.status == "processing"
+    assert row.data[NEXT_ATTEMPT] == job.not_before  # the status page's "retrying", the sweep's "in flight"
+    assert row.trace[-1]["event"] == "error" and row.trace[-1]["next_attempt_at"] == job.not_before
+    # delivered before its time (the queue's clock is not ours): back in the queue, nothing else
+    queue.sent.clear()
+    saves = len(row.trace)
+    assert (await proc.run(job)).status == "requeued"
+    [(_, again, wait)] = queue.sent
+    assert envelope.decode(again, MessageJob).attempt == 1 and 1 <= wait <= delay
+    assert len(ledger.rows[("user-1", "msg-1")].trace) == saves and crm.created["ticket"] == 0
+    clock.advance(delay)
+    assert (await proc.run(job)).status == PROCESSED
+
+
+async def test_a_dependency_down_for_hours_waits_with_growing_delays_then_the_queue_gives_up():
+    proc, clock, box, store, crm, ledger, queue, _ = make()
+    store.faults["get"] = [TransientError("Graph 503")] * (retry.ATTEMPTS + 1)
+    job, delays = JOB, []
+    for attempt in range(retry.ATTEMPTS):
+        assert (await proc.run(job)).status == "requeued"
+        [(_, text, delay)] = queue.sent
+        queue.sent.clear()
+        job = envelope.decode(text, MessageJob)
+        assert job.attempt == attempt + 1
+        delays.append(delay)
+        clock.advance(delay)
+    assert delays[0] <= 12 and max(delays) <= retry.CAP_SECONDS and delays[-1] >= 0.8 * retry.CAP_SECONDS
+    assert all(b >= a for a, b in zip(delays[:7], delays[1:8])), delays  # growing, then capped
+    assert sum(delays) >= 0.8 * retry.BUDGET.total_seconds()  # hours, not a minute
+    assert ledger.rows[("user-1", "msg-1")].status == "processing"  # waiting the whole time, never Failed
+    with pytest.raises(TransientError):  # spent: the queue retries, then poisons (message_failed: Failed)
+        await proc.run(job)
+    assert queue.sent == [] and NEXT_ATTEMPT not in ledger.rows[("user-1", "msg-1")].data
+
+
+async def test_storage_down_at_the_claim_waits_like_any_dependency():
+    proc, clock, box, store, crm, ledger, queue, _ = make()
+
+    async def down(*args, **kwargs):
+        raise TransientError("storage unreachable during ledger claim: ServiceRequestError")
+    proc.d.ledger = type("Down", (), {"claim": staticmethod(down)})()
+    outcome = await proc.run(JOB)
+    [(q, text, delay)] = queue.sent
+    assert outcome.status == "requeued" and q == QUEUE_MESSAGES and envelope.decode(text, MessageJob).attempt == 1
 
 
 async def test_long_retry_after_requeues_instead_of_sleeping():
@@ -134,7 +181,7 @@ async def test_long_retry_after_requeues_instead_of_sleeping():
     outcome = await proc.run(JOB)
     assert outcome.status == "requeued"
     [(q, text, delay)] = queue.sent
-    assert q == QUEUE_MESSAGES and delay == 61 and '"attempt":1' in text
+    assert q == QUEUE_MESSAGES and delay == 60 and '"attempt":1' in text
 
 
 async def test_mail_outside_inbox_is_refused_and_left_alone():

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shared.config import QUEUE_MESSAGES
-from shared.domain import envelope
+from shared.domain import envelope, retry
 from shared.domain.envelope import MessageJob
 from shared.domain.errors import LeaseHeld, PermanentError, TransientError
 from shared.domain.mail import Address, InboundMail
@@ -203,6 +203,48 @@ async def test_a_row_nobody_touched_for_a_while_is_queued_again():
     assert w.ledger.rows[(w.box.id, mid)].trace[-1]["event"] == "requeued"
 
 
+async def test_a_lifecycle_sweep_takes_young_mail_too():
+    """After subscriptionRemoved or missed, no notification will come for the mail that arrived in
+    the meantime: the lifecycle handler's sweep (grace 0) takes it now, the timer's leaves it."""
+    w = World()
+    young = w.put(timedelta(seconds=20))
+    assert (await sweep_mailbox(w.sweep, w.box)).enqueued == 0  # the timer: left to its notification
+    report = await sweep_mailbox(w.sweep, w.box, grace_seconds=0)
+    assert report.enqueued == 1 and [j.message_id for j in w.jobs()] == [young]
+
+
+async def test_a_mail_waiting_for_a_dependency_is_left_to_its_next_try():
+    """A mail re-enqueued after a transient failure waits up to 30 minutes: the sweep must not queue
+    it a second time meanwhile (two schedules at once), only once its try is long overdue."""
+    w = World()
+    mid = w.put(timedelta(hours=1))
+    w.mail.faults["get"] = [TransientError("Graph 503")] * 10
+    job = MessageJob(mailbox_id=w.box.id, message_id=mid, attempt=8)  # the schedule's 30-minute delays
+    assert (await w.processor.run(job)).status == "requeued"
+    w.queue.sent.clear()
+    w.clock.advance(20 * 60)  # untouched for longer than STALE_AFTER, but its try is not due yet
+    report = await sweep_mailbox(w.sweep, w.box)
+    assert report.enqueued == 0 and report.in_flight == 1 and w.jobs() == []
+    w.clock.advance(40 * 60)  # due 30 minutes after the failure, and nobody came: the job got lost
+    assert (await sweep_mailbox(w.sweep, w.box)).enqueued == 1
+
+
+async def test_the_sweeps_retry_of_a_failed_mail_is_one_try_not_another_schedule():
+    w = World()
+    mid = w.put(timedelta(hours=1))
+    w.ledger.rows[(w.box.id, mid)] = LedgerEntry(
+        w.box.id, mid, status=FAILED, etag="f", received_at=w.mail.messages[(w.box.id, mid)]["mail"].received_at,
+        data={"category": "applied", "retry_at": w.clock.now().isoformat()})
+    assert (await sweep_mailbox(w.sweep, w.box)).retried == 1
+    [job] = w.jobs()
+    assert retry.exhausted(job.attempt)
+    w.queue.sent.clear()
+    w.crm.fail("find_or_create_person", TransientError("CRM 503"))
+    with pytest.raises(TransientError):  # still down: the queue's retries, then Failed again
+        await w.processor.run(job)
+    assert w.jobs() == []
+
+
 async def test_an_empty_inbox_costs_one_list_request_and_one_index_query():
     w = World()
     report = await sweep_mailbox(w.sweep, w.box, w.clock.now())
@@ -303,7 +345,8 @@ async def test_poisoned_job_becomes_failed_with_last_error_and_attempts_then_get
     w = World()
     mid = w.put(timedelta(minutes=1))
     w.crm.fail("find_or_create_person", TransientError("CRM 503"), times=5)
-    job = MessageJob(mailbox_id=w.box.id, message_id=mid)
+    # a job whose retry schedule is spent (hours of waiting): the queue's five deliveries, then poison
+    job = MessageJob(mailbox_id=w.box.id, message_id=mid, attempt=retry.ATTEMPTS)
     for _ in range(5):
         with pytest.raises(TransientError):
             await w.processor.run(job)

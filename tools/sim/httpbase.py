@@ -53,6 +53,18 @@ STREAM_CHUNK = 64 * 1024
 # Request / response
 
 
+# Statuses the services answer that http.HTTPStatus does not know (Graph documents 509).
+_EXTRA_PHRASES = {509: "Bandwidth Limit Exceeded"}
+
+
+def reason_phrase(status: int) -> str:
+    """The status line's reason for any status a fault may inject (never raises)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return _EXTRA_PHRASES.get(status, "Unknown")
+
+
 class HttpError(Exception):
     """Raise from a handler to answer with an error; the server shapes it with error_body()."""
 
@@ -60,8 +72,8 @@ class HttpError(Exception):
                  headers: dict[str, str] | None = None, body: Any = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
-        self.code = code or HTTPStatus(status).phrase.replace(" ", "")
-        self.message = message or HTTPStatus(status).phrase
+        self.code = code or reason_phrase(status).replace(" ", "")
+        self.message = message or reason_phrase(status)
         self.headers = headers or {}
         self.body = body  # when given, sent as JSON instead of error_body()
 
@@ -578,7 +590,7 @@ class SimServer:
         if rule.body is None:
             code = {429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
                     503: "ServiceUnavailable", 504: "GatewayTimeout"}.get(
-                        status, HTTPStatus(status).phrase.replace(" ", ""))
+                        status, reason_phrase(status).replace(" ", ""))
             resp = json_response(self.error_body(status, code, "Injected fault."), status)
         elif isinstance(rule.body, (bytes, str)):
             data = rule.body.encode("utf-8") if isinstance(rule.body, str) else rule.body
@@ -710,10 +722,7 @@ class SimServer:
 
     def _write(self, h: _Handler, req: Request, resp: Response) -> None:
         status = resp.status
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
+        reason = reason_phrase(status)
         body = resp.body
         chunks: Iterator[bytes] | None = None
         if isinstance(body, (bytes, bytearray, memoryview)):

@@ -324,11 +324,19 @@ window.InboxConsole = C;  // for the browser tests and a curious admin's devtool
   };
 
   // The header's health badge (from GET status).
+  // Healthy, or what it is: mail waiting for a dependency and nothing else is a wait (amber), not red.
+  C.health = function (s) {
+    if (s.healthy) return { text: "All good", cls: "ok" };
+    const onlyWaiting = s.retrying > 0 && !s.failed && !s.unprocessed && !s.expired && !s.warnings;
+    return onlyWaiting ? { text: "Waiting for a dependency", cls: "warn" } : { text: "Needs attention", cls: "bad" };
+  };
+
   C.showHealth = function (summary) {
     const badge = document.getElementById("health");
     if (!summary) { badge.hidden = true; return; }
-    badge.textContent = summary.healthy ? "All good" : "Needs attention";
-    badge.className = "badge " + (summary.healthy ? "ok" : "bad");
+    const health = C.health(summary);
+    badge.textContent = health.text;
+    badge.className = "badge " + health.cls;
     badge.hidden = false;
   };
 

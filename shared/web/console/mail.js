@@ -105,7 +105,9 @@
       : status === "failed"
         ? { label: "Last error", cls: "err", cell: (m) => m.last_error || "" }
         : { label: "State", cls: "wrap", cell: (m) => (m.before_start_date ? "before the start date: recover from an earlier date"
-                                                       : [m.state || "", m.last_error ? " - " + m.last_error : ""]) };
+                                                       : [m.state === "retrying" && m.next_attempt_at
+                                                            ? ["retrying, next try ", C.time(m.next_attempt_at)] : m.state || "",
+                                                          m.last_error ? " - " + m.last_error : ""]) };
     C.put(view, 
       el("div", { class: "screen-head" }, el("h2", {}, "Mail"),
         el("nav", { class: "segmented", "aria-label": "Which mail" }, LISTS.map(([s, label]) =>

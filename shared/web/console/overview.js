@@ -3,8 +3,8 @@
 (function () {
   const el = C.el;
 
-  function card(label, value, href, bad, extra) {
-    const attrs = { class: "card " + (bad ? "bad" : "ok"), id: "card-" + label.toLowerCase().replace(/\W+/g, "-") };
+  function card(label, value, href, bad, extra, warn) {
+    const attrs = { class: "card " + (bad ? "bad" : warn ? "warn" : "ok"), id: "card-" + label.toLowerCase().replace(/\W+/g, "-") };
     const tag = href ? "a" : "div";
     if (href) attrs.href = href;
     return el(tag, attrs, el("div", { class: "label" }, label), el("div", { class: "value" }, String(value)),
@@ -47,9 +47,10 @@
     C.showHealth(s);
     const addresses = Object.fromEntries(doc.inboxes.map((i) => [i.id, i.address]));
     const warnings = doc.warnings || [];
+    const health = C.health(s);
     C.put(view, 
       el("div", { class: "screen-head" }, el("h2", {}, "Overview"),
-        el("span", { class: "badge " + (s.healthy ? "ok" : "bad"), id: "healthy" }, s.healthy ? "All good" : "Needs attention"),
+        el("span", { class: "badge " + health.cls, id: "healthy" }, health.text),
         el("span", { class: "muted small" }, "updated ", C.time(doc.generated_at)),
         el("button", { type: "button", onclick: () => C.render() }, "Refresh")),
       el("section", { class: "cards", "aria-label": "Summary" },
@@ -57,6 +58,9 @@
              s.active + " active · " + s.expired + " expired · " + s.inactive + " inactive"),
         card("Failed", s.failed, "#/mail?status=failed", s.failed > 0),
         card("Unprocessed", s.unprocessed, "#/mail?status=unprocessed", s.unprocessed > 0),
+        // mail waiting for a dependency (Lime, TRAML, Graph, Storage): amber, not red; it is not Failed
+        card("Retrying", s.retrying || 0, "#/mail?status=unprocessed", false,
+             s.retrying ? ["waiting for a dependency; next try ", C.time(s.next_retry_at)] : null, s.retrying > 0),
         card("Expired", s.expired, "#/inboxes", s.expired > 0),
         card("Warnings", warnings.length, null, warnings.length > 0)),
       el("h3", {}, "Warnings"),

@@ -9,8 +9,11 @@ BIN := $(VENV)/bin
 TOOLS := .venv-tools
 PIP_INSTALL := install -q --disable-pip-version-check --require-hashes
 # pip-compile options of every lock; CUSTOM_COMPILE_COMMAND is what the lock's header names.
+# --no-strip-extras: a lock must name the extras its packages ask for (httpx[http2]==..., which
+# microsoft-kiota-http requires), or pip < 23.3 (a new venv's bundled pip on Python 3.11, perhaps the
+# remote build's) refuses it under --require-hashes once the index holds a newer release than the pin.
 COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(abspath $(TOOLS))/bin/pip-compile --quiet --generate-hashes \
-	--strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+	--no-strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
 LOCKS := requirements.txt requirements-dev.txt requirements-tools.txt
 WORKER := .venv-worker
 # A Python >= 3.13 for Microsoft's worker library (azure-functions-runtime): the first candidate that

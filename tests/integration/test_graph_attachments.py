@@ -5,36 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import io
-import uuid
 
 import pytest
 
-from shared.adapters.graph import AttachmentTooLarge, GraphAdapter, GraphClients
-from shared.config import Settings
-from shared.domain.model import Mailbox, TicketDraft
+from shared.adapters.graph import AttachmentTooLarge
+from shared.domain.model import TicketDraft
 from shared.services.attachments import AttachmentRules, AttachmentStore
 from tests.fakes_crm import InMemoryCrm
 from tests.fixtures.mail import mime as m
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings
+from tests.support.graph_world import graph_adapter, new_mailbox, running_graph
 from tools.sim.graph import GraphSim
 
 
 @pytest.fixture(scope="module")
 def graph():
-    sim = GraphSim().start()
-    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
-    yield sim
-    sim.stop()
+    with running_graph() as sim:
+        yield sim
 
 
 @pytest.fixture
 async def world(graph):
-    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
-    user = graph.add_mailbox(address, tenant_id=TENANT)
-    adapter = GraphAdapter(GraphClients(Settings.from_env(app_settings("UseDevelopmentStorage=true", graph,
-                                                                       "http://127.0.0.1:1"))))
-    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
-    yield graph, adapter, box
+    yield graph, graph_adapter(graph), new_mailbox(graph)
 
 
 async def requests(graph: GraphSim, since: int, made: int) -> list[str]:
@@ -118,6 +109,7 @@ async def test_the_mails_mime_streams_from_value_and_its_size_comes_with_the_mes
     over the limit by its size is never asked for its MIME; one that turns out larger while
     streaming stops at the limit."""
     from dataclasses import replace
+
     from shared.domain.errors import ContentTooLarge
     graph, adapter, box = world
     keeps = replace(box, store_original="eml")

@@ -4,15 +4,14 @@ mailbox starting at once (a backlog at start-up) makes one `GET mailFolders/inbo
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
-from shared.adapters.graph import GraphAdapter, GraphClients
-from shared.config import Settings
+from shared.adapters.graph import GraphAdapter
 from shared.domain.errors import TransientError
 from shared.domain.model import Mailbox
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings, make_mime
+from tests.support.graph_world import graph_adapter, new_mailbox, running_graph
+from tests.support.stack import make_mime
 from tools.sim.graph import GraphSim
 
 INBOX_GET = r"/mailFolders/inbox$"
@@ -20,23 +19,19 @@ INBOX_GET = r"/mailFolders/inbox$"
 
 @pytest.fixture(scope="module")
 def graph():
-    sim = GraphSim(latency_ms=30).start()  # a read that takes a while, as Graph's does: the burst overlaps it
-    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
-    yield sim
-    sim.stop()
+    with running_graph(latency_ms=30) as sim:  # a read that takes a while, as Graph's does: the burst overlaps it
+        yield sim
+
+
+async def no_sleep(seconds: float) -> None:
+    return None
 
 
 def adapter_for(graph: GraphSim) -> GraphAdapter:
-    async def no_sleep(seconds: float) -> None:
-        return None
-    return GraphAdapter(GraphClients(Settings.from_env(app_settings("UseDevelopmentStorage=true", graph,
-                                                                    "http://127.0.0.1:1"))), sleep=no_sleep)
+    return graph_adapter(graph, sleep=no_sleep)
 
 
-def mailbox(graph: GraphSim) -> Mailbox:
-    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
-    user = graph.add_mailbox(address, tenant_id=TENANT).lower()
-    return Mailbox(id=user, address=address, client="demo", tenant_id=TENANT, user_id=user)
+mailbox = new_mailbox
 
 
 def inbox_gets(graph: GraphSim, box: Mailbox) -> int:

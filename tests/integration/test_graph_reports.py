@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 
-from shared.adapters.graph import GraphAdapter, GraphClients
-from shared.config import Settings
+from shared.adapters.graph import GraphAdapter
 from shared.domain import reports
 from shared.domain.envelope import MessageJob
 from shared.domain.errors import MailNotFound
@@ -19,7 +18,8 @@ from shared.services.process import MessageProcessor, ProcessDeps
 from tests.fakes import FakeClock, FakeLedger, FakeQueue, FakeRegistry
 from tests.fakes_crm import InMemoryCrm
 from tests.fixtures.mail import mime as m
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings
+from tests.support.graph_world import graph_adapter, new_mailbox, running_graph
+from tests.support.stack import TENANT
 from tools.sim.graph import GraphSim
 
 ANNA = "Anna Andersson <anna.andersson@acme.example>"
@@ -27,20 +27,13 @@ ANNA = "Anna Andersson <anna.andersson@acme.example>"
 
 @pytest.fixture(scope="module")
 def graph():
-    sim = GraphSim().start()
-    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
-    yield sim
-    sim.stop()
+    with running_graph() as sim:
+        yield sim
 
 
 @pytest.fixture
 async def world(graph):
-    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
-    user = graph.add_mailbox(address, tenant_id=TENANT)
-    adapter = GraphAdapter(GraphClients(Settings.from_env(app_settings("UseDevelopmentStorage=true", graph,
-                                                                       "http://127.0.0.1:1"))))
-    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
-    yield graph, adapter, box
+    yield graph, graph_adapter(graph), new_mailbox(graph)
 
 
 async def logged(graph: GraphSim, since: int, made: int) -> list[str]:

@@ -4,37 +4,28 @@ request, GraphRefused naming the status), never "unavailable, try again"; 5xx, 4
 dropped connection are transient (retried in place when short, then TransientError)."""
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from shared.adapters.graph import GraphAdapter, GraphClients, GraphRefused
-from shared.config import Settings
+from shared.adapters.graph import GraphRefused
 from shared.domain.errors import PermanentError, TransientError
-from shared.domain.model import Mailbox
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings, make_mime
-from tools.sim.graph import GraphSim
+from tests.support.graph_world import graph_adapter, new_mailbox, running_graph
+from tests.support.stack import make_mime
 
 
 @pytest.fixture(scope="module")
 def graph():
-    sim = GraphSim().start()
-    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
-    yield sim
-    sim.stop()
+    with running_graph() as sim:
+        yield sim
 
 
 @pytest.fixture
 async def world(graph):
-    address = f"box-{uuid.uuid4().hex[:6]}@contoso.example"
-    user = graph.add_mailbox(address, tenant_id=TENANT)
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:  # the adapter's short in-place waits, recorded, not slept
         slept.append(seconds)
-    adapter = GraphAdapter(GraphClients(Settings.from_env(app_settings("UseDevelopmentStorage=true", graph,
-                                                                       "http://127.0.0.1:1"))), sleep=sleep)
-    box = Mailbox(id=user.lower(), address=address, client="demo", tenant_id=TENANT, user_id=user.lower())
+    adapter, box = graph_adapter(graph, sleep=sleep), new_mailbox(graph)
+    address = box.address
     message_id = graph.deliver(address, make_mime(to=address), notify=False)
     await adapter.get_message(box, message_id)  # a token, and the client warmed up
     graph.faults.clear()

@@ -4,7 +4,6 @@ redelivers; every time the result is one ticket, one history note, the mail acti
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
 import pytest
 
@@ -17,17 +16,15 @@ from shared.domain.envelope import MessageJob
 from shared.domain.model import PROCESSED, Mailbox
 from shared.services.process import LEASE_SECONDS, MessageProcessor, ProcessDeps
 from tests.fakes import FakeClock, FakeQueue, FakeRegistry
-from tests.support.stack import CLIENT_ID, SECRET, TENANT, app_settings, make_mime
+from tests.support.graph_world import running_graph
+from tests.support.stack import TENANT, app_settings, make_mime
 from tests.unit.test_process_service import Crash, CrashAfter
-from tools.sim.graph import GraphSim
 
 
 @pytest.fixture(scope="module")
 def graph():
-    sim = GraphSim().start()
-    sim.add_app(TENANT, CLIENT_ID, secret=SECRET, permissions={"Mail.ReadWrite", "User.Read.All"})
-    yield sim
-    sim.stop()
+    with running_graph() as sim:
+        yield sim
 
 
 async def run_with_crash(azurite_connection, graph, crash_at: int, store_original: str = "none",

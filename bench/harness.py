@@ -133,6 +133,16 @@ class HostProcess:
         self._settings.unlink(missing_ok=True)
 
 
+def intake_host(connection: str, client_state_keys: str, function: str, port: int = 0,
+                log_level: str = "WARNING") -> HostProcess:
+    """A started dev host serving one intake function (`graph_notifications`, `graph_lifecycle`) with no
+    Graph client and no timers: what the intake benchmarks measure, alone in its process."""
+    env = {"AzureWebJobsStorage": connection, "CLIENT_STATE_KEYS": client_state_keys, "GRAPH_CLIENTS": "{}",
+           "FUNCTIONS_WORKER_RUNTIME": "python", "RENEW_SCHEDULE": "0 */30 * * * *",
+           "SWEEP_SCHEDULE": "0 */10 * * * *", "PURGE_SCHEDULE": "0 0 3 * * *"}
+    return HostProcess(env, port, log_level=log_level, only=[function]).start()
+
+
 @dataclass
 class BenchStack:
     """Azurite + Graph/Lime/TRAML simulators + N dev host processes sharing the queues."""

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -36,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import HostProcess, intake_host  # noqa: E402
 from shared.domain.clientstate import ClientStateSigner  # noqa: E402
 from tests.support.azurite import free_port, start_azurite  # noqa: E402
 
@@ -44,21 +43,8 @@ KEYS = "1:bench-client-state-key-0123456789"
 FOREIGN = ClientStateSigner({1: b"a-key-that-is-not-one-of-ours-0123"})
 
 
-def start_host(connection: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, AzureWebJobsStorage=connection, CLIENT_STATE_KEYS=KEYS, GRAPH_CLIENTS="{}",
-               FUNCTIONS_WORKER_RUNTIME="python", RENEW_SCHEDULE="0 */30 * * * *", SWEEP_SCHEDULE="0 */10 * * * *",
-               PURGE_SCHEDULE="0 0 3 * * *")
-    settings = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-settings-{port}.json"
-    settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "devhost.py"), "--port", str(port),
-                             "--only", "graph_lifecycle", "--disable-timers", "--log-level", "ERROR",
-                             "--settings", str(settings)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("ready"):
-        proc.kill()
-        raise SystemExit(f"dev host did not start: {line!r}")
-    return proc
+def start_host(connection: str, port: int) -> HostProcess:
+    return intake_host(connection, KEYS, "graph_lifecycle", port, log_level="ERROR")
 
 
 async def seed(connection: str, count: int) -> list[tuple[str, str]]:
@@ -131,8 +117,7 @@ def main() -> None:
                                  "max_s": round(max(times), 3), "body_kb": round(len(payload) / 1024)}
         print(json.dumps({"notifications_per_post": args.notifications, "cases": results}, indent=2))
     finally:
-        host.terminate()
-        host.wait(10)
+        host.stop()
         azurite.stop()
 
 

@@ -37,6 +37,7 @@ from azure.core.exceptions import ResourceExistsError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import HostProcess, intake_host  # noqa: E402
 from shared.domain.clientstate import ClientStateSigner  # noqa: E402
 from tests.support.azurite import free_port, start_azurite  # noqa: E402
 
@@ -61,21 +62,8 @@ def notification_body(signer: ClientStateSigner, batch: int) -> bytes:
     return json.dumps({"value": items}).encode()
 
 
-def start_host(connection: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, AzureWebJobsStorage=connection, CLIENT_STATE_KEYS=KEYS, GRAPH_CLIENTS="{}",
-               FUNCTIONS_WORKER_RUNTIME="python", RENEW_SCHEDULE="0 */30 * * * *", SWEEP_SCHEDULE="0 */10 * * * *",
-               PURGE_SCHEDULE="0 0 3 * * *")
-    settings = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-settings-{port}.json"
-    settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "devhost.py"), "--port", str(port),
-                             "--only", "graph_notifications", "--disable-timers", "--log-level", "WARNING",
-                             "--settings", str(settings)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("ready"):
-        proc.kill()
-        raise SystemExit(f"dev host did not start: {line!r}")
-    return proc
+def start_host(connection: str, port: int) -> HostProcess:
+    return intake_host(connection, KEYS, "graph_notifications", port, log_level="WARNING")
 
 
 class RawClient:
@@ -268,8 +256,7 @@ def main() -> None:
                                                         / results["raw_queue_puts_sdk_defaults"]["puts_per_s"])
         print(json.dumps(_rounded(results), indent=2))
     finally:
-        host.terminate()
-        host.wait(10)
+        host.stop()
         azurite.stop()
 
 

@@ -13,8 +13,8 @@ from urllib.parse import quote
 import pytest
 
 from tests.fixtures.mail import mime as m
-from tests.support.stack import Stack
-from tools.sim.traml import DEMO_API_KEY, TramlSim
+from tests.support.stack import Stack, traml_with_template
+from tools.sim.traml import DEMO_API_KEY
 
 SUPPORT = "support@contoso.example"
 ANNA = "Anna Andersson <anna.andersson@acme.example>"
@@ -24,10 +24,8 @@ OUR_HOST = "mta.traml.example"
 
 @pytest.fixture(scope="module")
 def traml():
-    sim = TramlSim(tls=True).start()
-    sim.add_template(TEMPLATE, "<p>Your ticket $$helpdesknumber$$</p>", "Your ticket $$helpdesknumber$$")
-    yield sim
-    sim.stop()
+    with traml_with_template(TEMPLATE) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +36,8 @@ def stack(traml):
         yield s
 
 
-def finished(stack: Stack, message_id: str):
-    row = stack.run(stack.services().ledger.get(stack.mailboxes[SUPPORT]["id"], message_id))
-    return row if row and row.status in ("processed", "skipped", "failed") else None
-
-
 def deliver(stack: Stack, raw: bytes):
-    message_id = stack.deliver(SUPPORT, raw)
-    row = stack.wait_until(lambda: finished(stack, message_id), what="mail processed")
-    assert row.status in ("processed", "skipped"), row.last_error
-    return message_id, row
+    return stack.deliver_and_wait(SUPPORT, raw)
 
 
 def as_sent_by_traml(record: dict, message_id: str) -> bytes:

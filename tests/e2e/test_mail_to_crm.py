@@ -19,16 +19,8 @@ def stack():
         yield s
 
 
-def processed(stack: Stack, message_id: str):
-    row = stack.run(stack.services().ledger.get(stack.mailboxes[MAILBOX]["id"], message_id))
-    return row if row and row.status in ("processed", "skipped", "failed") else None
-
-
 def deliver(stack: Stack, raw: bytes):
-    message_id = stack.deliver(MAILBOX, raw)
-    row = stack.wait_until(lambda: processed(stack, message_id), what="mail processed")
-    assert row.status in ("processed", "skipped"), row.last_error
-    return row
+    return stack.deliver_and_wait(MAILBOX, raw)[1]
 
 
 def test_close_reopen_over_the_manage_api_and_a_reply_reopens_a_closed_ticket(stack):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from urllib.parse import quote
 
-import httpx
 import pytest
 from azure.storage.queue import QueueClient
 
@@ -23,11 +21,8 @@ def stack():
         yield s
 
 
-def processed(stack: Stack, message_id: str) -> bool:
-    svc = stack.services()
-    box = stack.mailboxes[MAILBOX]
-    row = stack.run(svc.ledger.get(box["id"], message_id))
-    return bool(row and row.status in ("processed", "skipped", "failed")) and row
+def processed(stack: Stack, message_id: str):
+    return stack.finished_row(MAILBOX, message_id)
 
 
 def test_mailbox_registration_created_a_validated_subscription(stack):

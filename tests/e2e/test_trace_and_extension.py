@@ -11,8 +11,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.support.stack import Stack, make_mime
-from tools.sim.traml import DEMO_API_KEY, TramlSim
+from tests.support.stack import Stack, make_mime, traml_with_template
+from tools.sim.traml import DEMO_API_KEY
 
 SUPPORT = "support@contoso.example"
 TEMPLATE = "Thanks"
@@ -20,10 +20,8 @@ TEMPLATE = "Thanks"
 
 @pytest.fixture(scope="module")
 def traml():
-    sim = TramlSim(tls=True).start()
-    sim.add_template(TEMPLATE, "<p>Your ticket $$helpdesknumber$$</p>", "Your ticket $$helpdesknumber$$")
-    yield sim
-    sim.stop()
+    with traml_with_template(TEMPLATE) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +34,8 @@ def stack(traml):
         yield s
 
 
-def row_of(stack: Stack, message_id: str):
-    return stack.run(stack.services().ledger.get(stack.mailboxes[SUPPORT]["id"], message_id))
-
-
 def finished(stack: Stack, message_id: str):
-    row = row_of(stack, message_id)
-    return row if row and row.status in ("processed", "skipped", "failed") else None
+    return stack.finished_row(SUPPORT, message_id)
 
 
 def steps_of(stack: Stack, message_id: str) -> dict:

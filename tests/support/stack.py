@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
 from tests.support.azurite import Azurite, free_port, start_azurite
 from tools.sim.graph import GraphSim
+from tools.sim.traml import TramlSim
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = "00000000-0000-0000-0000-0000000000aa"
@@ -24,6 +26,7 @@ CLIENT_ID = "00000000-0000-0000-0000-0000000000bb"
 SECRET = "sim-secret-value-123"
 CLIENT_STATE_KEYS = "1:e2e-client-state-key-0123456789"
 WEBHOOK_KEY = "e2e-webhook-key"
+FINISHED = ("processed", "skipped", "failed")  # a mail's ledger statuses that no retry changes
 
 
 def app_settings(connection: str, graph: GraphSim, public_url: str, **extra: str) -> dict[str, str]:
@@ -166,6 +169,18 @@ class Stack:
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
+    def finished_row(self, address: str, message_id: str) -> Any:
+        """The mail's ledger row once it is processed, skipped or failed; None before that."""
+        row = self.run(self.services().ledger.get(self.mailboxes[address]["id"], message_id))
+        return row if row and row.status in FINISHED else None
+
+    def deliver_and_wait(self, address: str, raw: bytes, timeout: float = 30.0) -> tuple[str, Any]:
+        """Deliver a mail and wait until it is processed or skipped: (Graph message id, ledger row)."""
+        message_id = self.deliver(address, raw)
+        row = self.wait_until(lambda: self.finished_row(address, message_id), timeout, what="mail processed")
+        assert row.status in ("processed", "skipped"), row.last_error
+        return message_id, row
+
     def services(self) -> Any:
         """The app's own services in the dev host's process (for ledger reads in assertions)."""
         from shared import bootstrap
@@ -175,3 +190,14 @@ class Stack:
         """Run a coroutine on the dev host's worker loop (where the app's clients live)."""
         import asyncio
         return asyncio.run_coroutine_threadsafe(coro, self.host._worker_loop).result(60)
+
+
+@contextmanager
+def traml_with_template(name: str) -> Iterator[TramlSim]:
+    """A started TRAML simulator (HTTPS) that knows one template naming the ticket number."""
+    sim = TramlSim(tls=True).start()
+    sim.add_template(name, "<p>Your ticket $$helpdesknumber$$</p>", "Your ticket $$helpdesknumber$$")
+    try:
+        yield sim
+    finally:
+        sim.stop()

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 
 from ..domain.model import AutoreplySettings, Mailbox
 from .errors import STORAGE_ERRORS, raise_storage

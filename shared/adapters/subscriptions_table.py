@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
-    HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError,
+    ResourceExistsError, ResourceModifiedError, ResourceNotFoundError,
 )
 
 from ..services.subscriptions import LeaseLost, SubscriptionRecord

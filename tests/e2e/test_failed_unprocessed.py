@@ -19,7 +19,6 @@ import pytest
 
 from shared.domain import envelope
 from shared.domain.envelope import MessageJob
-from shared.domain.errors import TransientError
 from shared.services.failures import FAILED_CATEGORY
 from tests.support.stack import TENANT, Stack, make_mime
 from tools.sim.traml import DEMO_API_KEY, TramlSim

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
 
 from shared.adapters.crm_lime import (
     CreateRecords, LimeCrm, LimeNames, LimeRejected, MemoryRecordTable, SlidingWindowLimiter, TableRecordTable,

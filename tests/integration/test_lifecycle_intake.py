@@ -160,7 +160,7 @@ def test_valid_events_are_enqueued_once_each_with_two_queries(tables):
 
 def test_the_url_mailbox_must_own_the_subscription(tables):
     async def test(store, registry, subs, mailboxes, boxes):
-        (box_a, sub_a), (box_b, sub_b) = boxes[0], boxes[1]
+        (box_a, sub_a), (_, sub_b) = boxes[0], boxes[1]
         queue = FakeQueue()
         # A's real event to A's URL: enqueued; B's subscription with A's clientState to A's URL: refused
         result = await accept_lifecycle(body([note(sub_a, SIGNER.sign(TENANT, box_a)),

@@ -14,7 +14,6 @@ import pytest
 from shared.config import QUEUE_MESSAGES, ConfigError, Settings
 from shared.domain import decision as dec
 from shared.domain.envelope import MessageJob
-from shared.domain.errors import TransientError
 from shared.domain.mail import Address, InboundMail
 from shared.domain.model import FAILED, PROCESSED, SKIPPED, Mailbox, TicketRef
 from shared.services.extension import ExtensionFailed, load_extension, run_extension

@@ -8,7 +8,7 @@ import logging
 
 import azure.functions as func
 
-from functions.http_util import int_param, json_response, manage
+from functions.http_util import int_param, json_object, json_response, manage
 from shared import telemetry
 from shared.bootstrap import services
 from shared.config import QUEUE_AUTOREPLIES
@@ -58,3 +58,10 @@ async def manage_autoreplies(req: func.HttpRequest) -> func.HttpResponse:
 async def manage_autoreply_resend(req: func.HttpRequest) -> func.HttpResponse:
     svc = await services().ready()
     return json_response(await svc.autoreplies.resend(req.route_params.get("ticket_id", "")), 202)
+
+
+@manage(bp, "manage/autoreplies/{ticket_id}/dismiss", ["POST"])
+async def manage_autoreply_dismiss(req: func.HttpRequest) -> func.HttpResponse:
+    note = json_object(req, limit=16_000).get("note", "")
+    svc = await services().ready()
+    return json_response(await svc.autoreplies.dismiss(req.route_params.get("ticket_id", ""), note))

@@ -50,9 +50,14 @@ SENT = "sent"
 UNCERTAIN = "uncertain"
 FAILED = "failed"
 SKIPPED = "skipped"
-FINAL = (SENT, UNCERTAIN, FAILED, SKIPPED)
-LISTABLE = (FAILED, UNCERTAIN, SENT, SKIPPED, RETRYING)
-RESENDABLE = (UNCERTAIN, FAILED, SKIPPED, RETRYING)
+# An admin looked at an uncertain or failed autoreply and settled it without a send (TRAML's log
+# showed it went out, or the customer was answered otherwise): no warning, never sent by itself.
+DISMISSED = "dismissed"
+FINAL = (SENT, UNCERTAIN, FAILED, SKIPPED, DISMISSED)
+LISTABLE = (FAILED, UNCERTAIN, SENT, SKIPPED, RETRYING, DISMISSED)
+RESENDABLE = (UNCERTAIN, FAILED, SKIPPED, RETRYING, DISMISSED)
+DISMISSABLE = (UNCERTAIN, FAILED)
+DISMISS_NOTE_MAX = 500
 
 # A claim older than this without a verdict belongs to a dead worker.  The TRAML client's whole
 # budget for one send (attempts x timeout + waits) stays well below it.
@@ -107,6 +112,12 @@ class ResendRefused(Refusal, ValueError):
     """The autoreply is in a state that cannot be resent (already sent, or being sent): 409."""
 
     kind, reason = "conflict", "resend_refused"
+
+
+class DismissRefused(Refusal, ValueError):
+    """The autoreply is not one that needs an admin (sent, skipped, being sent, or dismissed): 409."""
+
+    kind, reason = "conflict", "dismiss_refused"
 
 
 class AutoreplyListError(Refusal, ValueError):
@@ -691,5 +702,31 @@ class AutoreplyService:
             mailbox_id=record.mailbox_id, message_id=record.message_id, ticket_id=record.ticket_id,
             ticket_number=record.ticket_number))
         log.info("autoreply.resend-queued ticket=%s", record.ticket_number)
+        return record.view()
+
+    async def dismiss(self, ticket_id: str, note: Any = "") -> dict[str, Any]:
+        """The admin settles an uncertain or failed autoreply without sending it: it leaves the
+        status's warnings and the lists that need an admin, keeps its history (the earlier status
+        and reason in its trace, the admin's note as its reason), and may still be resent."""
+        if not isinstance(note, str):
+            raise AutoreplyListError("'note' must be a string", field="note")
+        note = " ".join(note.split())
+        if len(note) > DISMISS_NOTE_MAX:
+            raise AutoreplyListError(f"'note' is longer than {DISMISS_NOTE_MAX} characters", field="note")
+        record = await self.d.store.get(ticket_id)
+        if record is None:
+            raise AutoreplyNotFound(f"no autoreply is recorded for ticket {ticket_id}")
+        if record.status not in DISMISSABLE:
+            raise DismissRefused(f"the autoreply is {record.status}; only {' or '.join(DISMISSABLE)} ones "
+                                 "can be dismissed")
+        self._trace(record, DISMISSED, was=record.status, reason=(record.reason or record.last_error)[:300],
+                    note=note)
+        record.status = DISMISSED
+        record.reason = f"dismissed by an admin: {note}" if note else "dismissed by an admin"
+        try:
+            record = await self.d.store.save(record)
+        except ClaimConflict:
+            raise DismissRefused("the autoreply changed meanwhile; look again") from None
+        log.info("autoreply.dismissed ticket=%s", record.ticket_number)
         return record.view()
 

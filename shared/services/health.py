@@ -163,9 +163,10 @@ async def _autoreply_outcomes(d: HealthDeps) -> list[dict[str, Any]]:
         return []
     out: list[dict[str, Any]] = []
     for status, reason, what, fix in (
-            (AUTOREPLY_FAILED, "autoreplies_failed", "failed", "resend them"),
+            (AUTOREPLY_FAILED, "autoreplies_failed", "failed",
+             "resend them once the cause is fixed, or dismiss those that need no send"),
             (AUTOREPLY_UNCERTAIN, "autoreplies_uncertain", "uncertain (perhaps sent, perhaps not)",
-             "check TRAML's sent mail and resend those that were not sent")):
+             "check TRAML's sent mail: resend those that were not sent, dismiss those that were")):
         try:
             records = await d.autoreply_store.list(status, COUNT_LIMIT)
         except InboxError as exc:
@@ -174,6 +175,6 @@ async def _autoreply_outcomes(d: HealthDeps) -> list[dict[str, Any]]:
         if records:
             count = f"{len(records)}{'+' if len(records) >= COUNT_LIMIT else ''}"
             out.append(_w(reason, f"{count} autoreplies are {what}", f"look at GET /api/manage/autoreplies?status="
-                          f"{status} and {fix} (POST /api/manage/autoreplies/{{ticket_id}}/resend)",
+                          f"{status} and {fix} (POST /api/manage/autoreplies/{{ticket_id}}/resend or /dismiss)",
                           count=len(records), tickets=[r.ticket_number for r in records[:10]]))
     return out

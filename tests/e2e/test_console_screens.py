@@ -1,7 +1,7 @@
 """The admin console's screens in a real Chromium (Python playwright driving /usr/bin/chromium) against
 the real stack: the dev host enforcing function keys, Azurite, the Graph and TRAML simulators, the
 embedded CRM. Overview, inboxes list, clients (validate, sync log, Sync and Save), mail (lists,
-filters, paging, recovery, the step view), autoreplies (resend), tickets (notes, documents,
+filters, paging, recovery, the step view), autoreplies (resend, dismiss), tickets (notes, documents,
 close/reopen), at 1280 px and at phone width, in the viewer's time zone. Each test reads what it
 expects from the API at the time, so the tests do not depend on their order.
 Screenshots: artifacts/console-*.png.
@@ -339,6 +339,53 @@ def test_times_are_shown_in_the_viewers_time_zone(world, chromium):
         in_utc = page.evaluate("([iso]) => new Intl.DateTimeFormat('en-US', {dateStyle: 'medium', timeStyle: 'short',"
                                " timeZone: 'UTC'}).format(new Date(iso))", [iso])
         assert shown == expected != in_utc
+
+
+def test_autoreplies_uncertain_dismissed_with_a_note(world, page):
+    """An admin who saw in TRAML's log that an uncertain autoreply went out settles it: Cancel changes
+    nothing; Dismiss with a note takes it off the list and the status's warning, sends nothing,
+    and the Dismissed list shows it with the note and Resend (no second Dismiss)."""
+    s = world.stack
+    world.traml.faults.add(504, path_regex="sendtemplate", count=1)
+    mid = s.deliver(SUPPORT, make_mime(sender="settled@customer.example", subject="Delivered after all"))
+    [record] = s.wait_until(lambda: [a for a in api(world, "autoreplies", status="uncertain", limit=500)["autoreplies"]
+                                     if a["message_id"] == mid], what="the uncertain autoreply")
+    number = record["ticket_number"]
+
+    def sent_for_this_ticket() -> int:
+        return sum(1 for m in world.traml.sent_mail() if f"[{number}]" in m["Subject"])
+
+    def warned_tickets() -> list[str]:
+        return [t for w in api(world, "status")["warnings"] if w["reason"] == "autoreplies_uncertain"
+                for t in w.get("tickets", [])]
+
+    assert number in warned_tickets()
+    sent_before = sent_for_this_ticket()
+    world.open(page, "/autoreplies?status=uncertain")
+    row = page.locator("#autoreplies-table tbody tr", has_text=number)
+    row.get_by_role("button", name=f"Dismiss the autoreply for ticket {number}").click()
+    dialog = page.locator("dialog")
+    assert "TRAML's sent mail shows it went out" in dialog.inner_text()
+    dialog.get_by_role("button", name="Cancel").click()
+    dialog.wait_for(state="detached")
+    assert [a["status"] for a in api(world, "autoreplies", status="uncertain", limit=500)["autoreplies"]
+            if a["message_id"] == mid] == ["uncertain"]
+
+    row.get_by_role("button", name=f"Dismiss the autoreply for ticket {number}").click()
+    page.get_by_label("Note (optional, kept with the autoreply)").fill("TRAML log: delivered 10:02")
+    shot(page, "autoreplies-dismiss-dialog")
+    click_and_wait(page, "dialog >> role=button[name='Dismiss']")
+    assert notice(page) == f"The autoreply for ticket {number} is dismissed."
+    assert not any(r.startswith(number) for r in texts(page, "#autoreplies-table tbody tr"))
+    assert number not in warned_tickets()
+
+    world.open(page, "/autoreplies?status=dismissed")
+    row = page.locator("#autoreplies-table tbody tr", has_text=number)
+    assert "dismissed by an admin: TRAML log: delivered 10:02" in row.inner_text()
+    assert row.get_by_role("button", name=f"Resend the autoreply for ticket {number}").count() == 1
+    assert row.get_by_role("button", name=f"Dismiss the autoreply for ticket {number}").count() == 0
+    shot(page, "autoreplies-dismissed")
+    assert sent_for_this_ticket() == sent_before
 
 
 @pytest.mark.parametrize("screen", ["/", "/inboxes", "/clients", "/mail", "/autoreplies", "/tickets"])

@@ -40,6 +40,7 @@ EXPECTED = {
     "manage_recovery": ("httpTrigger", "manage/recovery/{task_id}", ("GET",)),
     "manage_autoreplies": ("httpTrigger", "manage/autoreplies", ("GET",)),
     "manage_autoreply_resend": ("httpTrigger", "manage/autoreplies/{ticket_id}/resend", ("POST",)),
+    "manage_autoreply_dismiss": ("httpTrigger", "manage/autoreplies/{ticket_id}/dismiss", ("POST",)),
     "manage_tickets": ("httpTrigger", "manage/tickets", ("GET",)),
     "manage_ticket": ("httpTrigger", "manage/tickets/{number}", ("GET", "PATCH")),
     "manage_document": ("httpTrigger", "manage/documents/{doc_id}", ("GET",)),

@@ -7,6 +7,8 @@ Graph path has its own integration tests), so the autoreply reads exactly what p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import random
 from datetime import timedelta
@@ -396,7 +398,10 @@ async def test_simulator_accepts_only_documented_fields_and_the_api_key(traml_si
 
 
 # ---- the functions, wired by bootstrap -----------------------------------------------------------------
-async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim, unique, monkeypatch):
+@contextlib.asynccontextmanager
+async def wired_functions(azurite_connection, traml_sim, unique, monkeypatch, mails: int):
+    """The app's functions wired by bootstrap (Azurite, the TRAML simulator, an in-memory CRM and
+    mailbox), `mails` new mails made tickets: (services, functions by name, queue, autoreply job bodies)."""
     import function_app
     from shared import bootstrap
     from shared.config import Settings
@@ -418,7 +423,7 @@ async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim
     function_app.app.functions_bindings = {}  # get_functions() may be called again elsewhere
     try:
         bodies = []
-        for i in range(2):
+        for i in range(mails):
             mail.put(box, InboundMail(
                 mailbox_id=box.id, message_id=f"fn-{i}", internet_message_id=f"<fn{i}.{unique}@customer.example>",
                 sender=Address(f"c{i}.{unique}@customer.example", "C"), subject=f"Case {i}",
@@ -428,6 +433,26 @@ async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim
             [(_, text, _)] = queue.sent
             queue.sent.clear()
             bodies.append(text.encode())
+        yield svc, fns, queue, bodies
+    finally:
+        await svc.autoreplies.d.traml.close()
+        await svc.account.close()
+
+
+def post(path: str, ticket: str, body: bytes = b"") -> func.HttpRequest:
+    return func.HttpRequest("POST", path, route_params={"ticket_id": ticket}, body=body)
+
+
+async def listed(fns, status: str, ticket: str) -> list[dict]:
+    resp = await fns["manage_autoreplies"](func.HttpRequest("GET", "/api/manage/autoreplies",
+                                                            params={"status": status, "limit": "500"}, body=b""))
+    assert resp.status_code == 200
+    return [r for r in envelope_json(resp)["autoreplies"] if r["ticket_id"] == ticket]
+
+
+async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim, unique, monkeypatch):
+    async with wired_functions(azurite_connection, traml_sim, unique, monkeypatch, 2) as (svc, fns, queue, bodies):
+        box_id = f"box-{unique}"
         await fns["send_autoreply"](func.QueueMessage(id="q1", body=bodies[0]))
         traml_sim.faults.add(400, method="POST", path_regex="sendtemplate", count=-1,
                              body={"Message": "Recipient is on the total opt-out list", "ErrorDetails": []})
@@ -435,11 +460,11 @@ async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim
         await fns["autoreply_failed"](func.QueueMessage(id="q3", body=b"not json"))
         listed = await fns["manage_autoreplies"](func.HttpRequest(
             "GET", "/api/manage/autoreplies", params={"status": "failed"}, body=b""))
-        failed = [r for r in envelope_json(listed)["autoreplies"] if r["mailbox_id"] == box.id]
+        failed = [r for r in envelope_json(listed)["autoreplies"] if r["mailbox_id"] == box_id]
         assert listed.status_code == 200 and len(failed) == 1 and "opt-out" in failed[0]["last_error"]
         sent = envelope_json(await fns["manage_autoreplies"](func.HttpRequest(
             "GET", "/api/manage/autoreplies", params={"status": "sent"}, body=b"")))["autoreplies"]
-        assert [r["mailbox_id"] for r in sent].count(box.id) == 1
+        assert [r["mailbox_id"] for r in sent].count(box_id) == 1
         bad = await fns["manage_autoreplies"](func.HttpRequest("GET", "/api/manage/autoreplies",
                                                                params={"status": "all"}, body=b""))
         assert bad.status_code == 400
@@ -457,9 +482,74 @@ async def test_functions_send_fail_list_and_resend(azurite_connection, traml_sim
             "POST", "/api/manage/autoreplies/nope/resend", route_params={"ticket_id": "nope"}, body=b""))
         assert missing.status_code == 404
         assert len(traml_sim.sent_mail()) == 2
-    finally:
-        await svc.autoreplies.d.traml.close()
-        await svc.account.close()
+
+
+async def test_functions_dismiss_settles_an_uncertain_or_failed_autoreply(azurite_connection, traml_sim, unique,
+                                                                          monkeypatch):
+    """An admin who checked TRAML's log settles an uncertain (or failed) autoreply without sending it:
+    it leaves the status's warnings and the lists, a redelivered job does not send it, and it can
+    still be resent. Anything else is refused with its reason and changes nothing."""
+    async with wired_functions(azurite_connection, traml_sim, unique, monkeypatch, 3) as (svc, fns, queue, bodies):
+        traml_sim.faults.add(504, method="POST", path_regex="sendtemplate", count=1)  # the gateway gave up
+        await fns["send_autoreply"](func.QueueMessage(id="u", body=bodies[0]))
+        traml_sim.faults.add(400, method="POST", path_regex="sendtemplate", count=1,
+                             body={"Message": "Recipient is on the total opt-out list", "ErrorDetails": []})
+        await fns["send_autoreply"](func.QueueMessage(id="f", body=bodies[1]))
+        await fns["send_autoreply"](func.QueueMessage(id="s", body=bodies[2]))
+        jobs = [envelope.decode(b, AutoreplyJob) for b in bodies]
+        uncertain, failed, sent = (j.ticket_id for j in jobs)
+        assert [r["status"] for r in await listed(fns, "uncertain", uncertain)] == ["uncertain"]
+        assert [r["status"] for r in await listed(fns, "failed", failed)] == ["failed"]
+        sends = len(traml_sim.sent_mail())
+
+        async def warnings() -> set[str]:
+            doc = envelope_json(await fns["manage_status"](func.HttpRequest("GET", "/api/manage/status", body=b"")))
+            return {w["reason"] for w in doc["warnings"] if uncertain in str(w) or failed in str(w)
+                    or w["reason"].startswith("autoreplies_")}
+
+        before = await warnings()
+        assert {"autoreplies_uncertain", "autoreplies_failed"} <= before
+
+        # refused: not JSON, a note that is no string or too long, a sent one, an unknown ticket
+        path = f"/api/manage/autoreplies/{uncertain}/dismiss"
+        for body, reason, field in ((b"{", "invalid_json", None), (b'{"note": 5}', "invalid_parameter", "note"),
+                                    (json.dumps({"note": "x" * 501}).encode(), "invalid_parameter", "note")):
+            resp = await fns["manage_autoreply_dismiss"](post(path, uncertain, body))
+            doc = envelope_json(resp)
+            assert resp.status_code == 400 and doc["reason"] == reason and doc.get("field") == field, doc
+        resp = await fns["manage_autoreply_dismiss"](post(f"/api/manage/autoreplies/{sent}/dismiss", sent))
+        assert resp.status_code == 409 and envelope_json(resp)["reason"] == "dismiss_refused"
+        assert "sent" in envelope_json(resp)["error"]
+        resp = await fns["manage_autoreply_dismiss"](post("/api/manage/autoreplies/nope/dismiss", "nope"))
+        assert resp.status_code == 404
+        assert [r["status"] for r in await listed(fns, "uncertain", uncertain)] == ["uncertain"]  # unchanged
+
+        note = "TRAML's log shows it was delivered  at 10:02"
+        resp = await fns["manage_autoreply_dismiss"](post(path, uncertain, json.dumps({"note": note}).encode()))
+        doc = envelope_json(resp)
+        assert resp.status_code == 200 and doc["status"] == "dismissed"
+        assert doc["reason"] == "dismissed by an admin: TRAML's log shows it was delivered at 10:02"
+        assert doc["trace"][-1]["event"] == "dismissed" and doc["trace"][-1]["was"] == "uncertain"
+        resp = await fns["manage_autoreply_dismiss"](post(f"/api/manage/autoreplies/{failed}/dismiss", failed))
+        assert resp.status_code == 200 and envelope_json(resp)["reason"] == "dismissed by an admin"
+
+        assert await listed(fns, "uncertain", uncertain) == [] and await listed(fns, "failed", failed) == []
+        assert {r["ticket_id"] for r in await listed(fns, "dismissed", uncertain)} == {uncertain}
+        assert not {"autoreplies_uncertain", "autoreplies_failed"} & await warnings()
+        again = await fns["manage_autoreply_dismiss"](post(path, uncertain))
+        assert again.status_code == 409  # dismissed already
+
+        # the queue delivers the first job again: nothing is sent by itself
+        await fns["send_autoreply"](func.QueueMessage(id="u2", body=bodies[0]))
+        assert len(traml_sim.sent_mail()) == sends
+        # the admin changes their mind: a dismissed autoreply can be resent, once
+        queue.sent.clear()
+        resp = await fns["manage_autoreply_resend"](post(f"/api/manage/autoreplies/{failed}/resend", failed))
+        assert resp.status_code == 202
+        [(_, text, _)] = queue.sent
+        await fns["send_autoreply"](func.QueueMessage(id="r", body=text.encode()))
+        assert len(traml_sim.sent_mail()) == sends + 1
+        assert [r["status"] for r in await listed(fns, "sent", failed)] == ["sent"]
 
 
 def envelope_json(resp: func.HttpResponse) -> dict:

@@ -194,17 +194,21 @@ window.InboxConsole = C;  // for the browser tests and a curious admin's devtool
 
   // ---- confirmation dialog -------------------------------------------------------------------
   // resolves true when confirmed; Escape, Cancel or a click outside resolve false
-  C.confirm = function ({ title, body, confirm, danger }) {
+  // With `input` ({label, maxlength}), the dialog asks for a line of text too and resolves to
+  // {value} when confirmed (false when cancelled), so that an empty answer is still a yes.
+  C.confirm = function ({ title, body, confirm, danger, input }) {
     return new Promise((resolve) => {
       const no = el("button", { type: "button", value: "no" }, "Cancel");
       const yes = el("button", { type: "button", class: danger ? "danger solid" : "primary", value: "yes" }, confirm || "OK");
+      const field = input ? el("input", { type: "text", id: "confirm-input", maxlength: String(input.maxlength || 500) }) : null;
       const dialog = el("dialog", { "aria-labelledby": "confirm-title", class: "confirm" },
         el("h2", { id: "confirm-title" }, title), ...[].concat(body || []).map((p) => el("p", {}, p)),
+        field ? el("div", { class: "dialog-input" }, el("label", { for: "confirm-input" }, input.label), field) : null,
         el("div", { class: "buttons" }, no, yes));
       let answer = false;
       const close = (value) => { answer = value; dialog.close(); };
       no.addEventListener("click", () => close(false));
-      yes.addEventListener("click", () => close(true));
+      yes.addEventListener("click", () => close(field ? { value: field.value.trim() } : true));
       dialog.addEventListener("click", (ev) => { if (ev.target === dialog) close(false); });
       dialog.addEventListener("close", () => { dialog.remove(); resolve(answer); });
       document.body.append(dialog);

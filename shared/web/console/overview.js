@@ -72,7 +72,7 @@
         el("li", {}, el("a", { href: "#/inboxes" }, "Inboxes"), ": add, change, switch off or delete a monitored mailbox."),
         el("li", {}, el("a", { href: "#/clients" }, "Clients"), ": validate a Graph client's credential, its sync log, Sync and Save."),
         el("li", {}, el("a", { href: "#/mail" }, "Mail"), ": failed, unprocessed and skipped mail, recovery, each mail's steps."),
-        el("li", {}, el("a", { href: "#/autoreplies" }, "Autoreplies"), ": uncertain and failed autoreplies, resend."),
+        el("li", {}, el("a", { href: "#/autoreplies" }, "Autoreplies"), ": uncertain and failed autoreplies, resend or dismiss."),
         el("li", {}, el("a", { href: "#/tickets" }, "Tickets"), ": the embedded CRM's tickets.")));
   };
 })();

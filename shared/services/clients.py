@@ -14,6 +14,7 @@ mailbox's Inbox, answering with a distinct reason for each failure:
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..domain.errors import MailNotFound, PermanentError, Refusal, TransientErro
 from ..domain.model import Mailbox
 from ..ports import Clock, MailboxRegistry
 
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 log = logging.getLogger("inbox.clients")
 
 SECRET_WARNING = timedelta(days=30)
@@ -92,9 +94,14 @@ class ClientService:
         return cfg
 
     def describe(self, cfg: Any, boxes: list[Mailbox]) -> dict[str, Any]:
+        mine = [b for b in boxes if b.client == cfg.name]
         doc: dict[str, Any] = {"name": cfg.name, "tenant_id": cfg.tenant_id, "client_id": cfg.client_id,
-                               "credential": cfg.credential,
-                               "mailboxes": sorted(b.id for b in boxes if b.client == cfg.name)}
+                               "credential": cfg.credential, "mailboxes": sorted(b.id for b in mine)}
+        # A tenant configured by its domain: the GUID its mailboxes were saved with (a token's tid,
+        # what Graph's notifications carry); None until a mailbox is registered under it.
+        resolved = {b.tenant_id.lower() for b in mine if b.tenant_id and b.tenant_id.lower() != cfg.tenant_id.lower()}
+        doc["tenant_guid"] = (cfg.tenant_id.lower() if _GUID.match(cfg.tenant_id)
+                              else next(iter(resolved)) if len(resolved) == 1 else None)
         if cfg.credential == "secret":
             doc["secret_setting"] = cfg.secret_setting
             doc["secret_set"] = bool(self.secret_is_set(cfg.secret_setting))

@@ -61,3 +61,17 @@ def test_a_subscription_signed_with_the_domain_is_repaired_by_the_next_sync(stac
     done = stack.wait_until(lambda: (r := row(stack, mid)) and r.status == "processed" and r, what="processed")
     assert done.source == "webhook"
     assert stack.http.post("/api/manage/subscriptions/sync").json()["clients"]["demo"]["counts"] == {"unchanged": 1}
+
+
+def test_the_clients_view_shows_the_guid_its_domain_resolved_to(stack):
+    """GET clients names the tenant as configured and, once an inbox is registered under it, the GUID
+    that Graph's notifications carry (what an admin compares with a notification's tenantId)."""
+    def demo() -> dict:
+        resp = stack.http.get("/api/manage/clients")
+        assert resp.status_code == 200, resp.text
+        [client] = [c for c in resp.json()["clients"] if c["name"] == "demo"]
+        return client
+    if MAILBOX not in stack.mailboxes:
+        stack.add_mailbox(MAILBOX)
+    client = demo()
+    assert client["tenant_id"] == DOMAIN and client["tenant_guid"] == TENANT

@@ -115,7 +115,9 @@
     return el("section", { class: "panel client", dataset: { client: c.name }, "aria-label": "Graph client " + c.name },
       el("div", { class: "panel-head" }, el("h3", {}, c.name), c.warnings && c.warnings.length ? C.badge("warning", "warn") : null),
       el("dl", { class: "facts" },
-        el("dt", {}, "Tenant"), el("dd", {}, el("code", {}, c.tenant_id)),
+        el("dt", {}, "Tenant"), el("dd", { class: "tenant" }, el("code", {}, c.tenant_id),
+          c.tenant_guid && c.tenant_guid !== c.tenant_id.toLowerCase() ? [" = ", el("code", {}, c.tenant_guid)]
+            : c.tenant_guid ? null : " (the GUID Graph sends is learnt when its first inbox is registered)"),
         el("dt", {}, "Client id"), el("dd", {}, el("code", {}, c.client_id)),
         el("dt", {}, "Credential"), el("dd", {}, credential),
         c.credential === "secret" ? [el("dt", {}, "Secret expires"),

@@ -341,7 +341,7 @@ def test_times_are_shown_in_the_viewers_time_zone(world, chromium):
         assert shown == expected != in_utc
 
 
-def test_autoreplies_uncertain_dismissed_with_a_note(world, page):
+def test_autoreplies_uncertain_dismissed_with_a_note(world, page, chromium):
     """An admin who saw in TRAML's log that an uncertain autoreply went out settles it: Cancel changes
     nothing; Dismiss with a note takes it off the list and the status's warning, sends nothing,
     and the Dismissed list shows it with the note and Resend (no second Dismiss)."""
@@ -361,6 +361,12 @@ def test_autoreplies_uncertain_dismissed_with_a_note(world, page):
 
     assert number in warned_tickets()
     sent_before = sent_for_this_ticket()
+    with watched_page(chromium, viewport=PHONE, is_mobile=True, has_touch=True) as (phone, _):
+        world.open(phone, "/autoreplies?status=uncertain")
+        both = phone.locator("#autoreplies-table tbody tr", has_text=number).get_by_role("button")
+        assert both.all_inner_texts() == ["Resend", "Dismiss"] and both.last.is_visible()
+        assert no_horizontal_overflow(phone), phone.evaluate("document.documentElement.scrollWidth")
+        shot(phone, "phone-autoreplies-uncertain")
     world.open(page, "/autoreplies?status=uncertain")
     row = page.locator("#autoreplies-table tbody tr", has_text=number)
     row.get_by_role("button", name=f"Dismiss the autoreply for ticket {number}").click()

@@ -115,6 +115,11 @@ def kind_of(exc: BaseException, url: str = "") -> str:
     return "connect"
 
 
+# Reasons of `unreachable` that only a setting cures (OUTBOUND_CA_BUNDLE, HTTPS_PROXY / NO_PROXY): the
+# HTTP adapters raise these at once instead of retrying in place.
+NEEDS_A_SETTING = ("tls_untrusted", "proxy_failed")
+
+
 def unreachable(service: str, url: str, exc: BaseException, ca_bundle: str = "", what: str = "") -> Unavailable:
     """The named failure to reach `service` ('entra', 'graph', 'lime', 'traml') at `url`."""
     name, reason, setting = SERVICES[service]

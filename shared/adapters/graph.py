@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 from urllib.parse import urlparse
 
 from . import tls
-from .errors import unreachable
+from .errors import NEEDS_A_SETTING, unreachable
 from .graph_pacing import MailboxPacer
 from .. import telemetry
 from ..config import GraphClientConfig, Settings
@@ -295,7 +295,7 @@ class GraphAdapter:
                     raise _credential_error(client, exc) from None
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
                     failure = self._clients.unreachable("graph", exc, what)
-                    if failure.reason in ("tls_untrusted", "proxy_failed"):
+                    if failure.reason in NEEDS_A_SETTING:
                         raise failure from None  # retrying cannot help until a setting is fixed
                     transient = failure
                 except ServiceRequestError as exc:  # the token request could not be sent: not retried here

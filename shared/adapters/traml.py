@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from . import tls
-from .errors import unreachable
+from .errors import NEEDS_A_SETTING, unreachable
 from .http_util import parse_retry_after
 from .. import telemetry
 from ..config import Settings
@@ -154,7 +154,7 @@ class TramlClient:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check TRAML_BASE_URL") from None
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
                 error: TransientError = unreachable("traml", self._base, exc, self._ca_bundle, what)
-                if error.reason in ("tls_untrusted", "proxy_failed"):
+                if error.reason in NEEDS_A_SETTING:
                     raise error from None  # never reached TRAML; retrying cannot help until a setting is fixed
                 # Never reached TRAML: safe to retry even a send.
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections

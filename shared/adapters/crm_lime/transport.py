@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Iterable, Mapping
 import httpx
 
 from .. import tls
-from ..errors import unreachable
+from ..errors import NEEDS_A_SETTING, unreachable
 from ..http_util import parse_retry_after
 from ... import telemetry
 from ...domain.errors import PermanentError, TransientError, Unavailable
@@ -119,7 +119,7 @@ class _Transport:
                 raise PermanentError(f"{what}: cannot be sent ({type(exc).__name__}); check LIME_CRM_URL") from None
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
                 error: TransientError = unreachable("lime", self._base, exc, self._ca_bundle, what)
-                if error.reason in ("tls_untrusted", "proxy_failed"):
+                if error.reason in NEEDS_A_SETTING:
                     raise error from None  # retrying cannot help until a setting is fixed
             except httpx.TransportError as exc:  # read/write timeouts, dropped connections
                 if write:

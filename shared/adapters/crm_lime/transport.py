@@ -12,12 +12,10 @@ import asyncio
 import json as jsonlib
 import logging
 import random
-import ssl
 from typing import Any, AsyncIterator, Iterable, Mapping
 
 import httpx
 
-from .. import tls
 from ..errors import NEEDS_A_SETTING, unreachable
 from ..http_util import parse_retry_after
 from ... import telemetry
@@ -90,11 +88,6 @@ class _FileBody:
             if not chunk:
                 return
             yield chunk
-
-
-def _tls_context(ca_bundle: str) -> ssl.SSLContext:
-    """The system trust store plus the PEM bundle named by OUTBOUND_CA_BUNDLE (shared/adapters/tls.py)."""
-    return tls.ssl_context(ca_bundle)
 
 
 class _Transport:
